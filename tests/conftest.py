@@ -1,0 +1,54 @@
+"""Shared fixtures: isolated settings per test and tiny random-weight models built once per session."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# No test may reach a model hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny_models import build_tiny_causal_lm, build_tiny_sentence_transformer  # noqa: E402
+
+from core.settings import Settings, load_settings  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No TUNERAG_* variable of the developer's shell leaks into a test; cwd has no tunerag.yaml."""
+    for key in list(os.environ):
+        if key.startswith("TUNERAG_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_generator_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-lm") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_embedder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_sentence_transformer(tmp_path_factory.mktemp("tiny-st") / "model")
+
+
+@pytest.fixture
+def settings(tmp_path: Path, tiny_generator_dir: Path, tiny_embedder_dir: Path) -> Settings:
+    """Settings for an isolated instance in a temp dir, on the tiny models."""
+    return load_settings(
+        data_dir=tmp_path / "var",
+        cache_dir=tmp_path / "cache",
+        models={"generator": str(tiny_generator_dir), "embedder": str(tiny_embedder_dir)},
+    )
+
+
+@pytest.fixture(scope="session")
+def real_cache_dir() -> Path:
+    """The converted real generator is shared across slow tests (conversion takes ~15 s)."""
+    return Path(os.environ.get("TUNERAG_TEST_CACHE_DIR", Path.home() / ".cache" / "tunerag"))

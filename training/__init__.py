@@ -1,0 +1,1 @@
+"""Training recipes: fine-tuning the embedder and the LoRA generator adapter. Uses ``core`` and ``retrieval``."""
