@@ -6,7 +6,7 @@ import logging
 import sys
 
 # Libraries that log at WARNING for conditions that are normal here (e.g. bitsandbytes on a CPU machine).
-_QUIET = ("bitsandbytes", "httpx", "sentence_transformers.base.model")
+_QUIET = ("bitsandbytes", "httpx", "faiss.loader", "sentence_transformers.base.model")
 
 
 def configure_logging(level: str = "INFO") -> None:

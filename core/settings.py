@@ -93,8 +93,10 @@ class RetrievalSettings(BaseModel):
         default_factory=lambda: [SAMPLE_DIR / "kb"],
         description="Files or folders indexed by `tunerag index` with no arguments.",
     )
-    chunk_size: int = Field(256, gt=16, description="Chunk size in embedder tokens.")
-    chunk_overlap: int = Field(32, ge=0, description="Overlap between consecutive chunks, in embedder tokens.")
+    chunk_size: int = Field(
+        200, gt=16, description="Chunk size in embedder tokens (leave room for the title the chunk is embedded with)."
+    )
+    chunk_overlap: int = Field(30, ge=0, description="Overlap between consecutive chunks, in embedder tokens.")
     embed_batch_size: int = Field(32, gt=0)
     top_k: int = Field(4, gt=0)
     search_mode: Literal["dense", "bm25", "hybrid"] = "hybrid"

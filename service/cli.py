@@ -100,7 +100,12 @@ def index(
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Re-embed everything into a new index.")] = False,
 ) -> None:
     """Index documents: incremental by default (only new or changed documents are embedded)."""
-    raise TuneragError("`tunerag index` is not available yet (retrieval issue)")
+    from dataclasses import asdict
+
+    from retrieval.indexer import update_index
+
+    report = update_index(_settings(ctx), paths or None, rebuild=rebuild, progress=True)
+    typer.echo(json.dumps(asdict(report) | {"seconds": round(report.seconds, 2)}))
 
 
 @app.command()
@@ -109,9 +114,26 @@ def search(
     query: Annotated[str, typer.Argument(help="What to look for.")],
     k: Annotated[int, typer.Option("-k", help="Number of results.", min=1)] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    mode: Annotated[str, typer.Option(help="hybrid | dense | bm25")] = "hybrid",
 ) -> None:
     """Search the index (hybrid dense + BM25 by default)."""
-    raise TuneragError("`tunerag search` is not available yet (retrieval issue)")
+    from core.models import load_embedder
+    from retrieval.index_store import open_version
+    from retrieval.search import Retriever
+
+    if mode not in ("dense", "bm25", "hybrid"):
+        raise TuneragError(f"--mode must be one of dense, bm25, hybrid; got {mode!r}")
+    settings = _settings(ctx)
+    version = open_version(settings.paths.index_dir)
+    retriever = Retriever(version, load_embedder(settings, version.manifest.embedder_location), settings.retrieval)
+    results = retriever.search(query, k=k, mode=mode)  # type: ignore[arg-type]
+    if as_json:
+        typer.echo(json.dumps({"index_version": version.name, "results": [r.to_json() for r in results]}, indent=2))
+        return
+    for rank, r in enumerate(results, 1):
+        heading = " > ".join(r.heading_path)
+        snippet = " ".join(r.text.split())[:160]
+        typer.echo(f"{rank}. [{r.doc_id}] {heading}  (score {r.score:.3f})\n   {snippet}")
 
 
 @app.command()

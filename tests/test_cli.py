@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -53,3 +54,29 @@ def test_invalid_settings_are_reported_without_traceback() -> None:
     result = run_cli("search", "x", env={"TUNERAG_RETRIEVAL__TOP_K": "-3"})
     assert result.returncode == 1
     assert "retrieval.top_k" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_index_then_search_from_the_command_line(tmp_path: Path, tiny_embedder_dir: Path) -> None:
+    env = {"TUNERAG_DATA_DIR": str(tmp_path / "var"), "TUNERAG_MODELS__EMBEDDER": str(tiny_embedder_dir)}
+    kb = tmp_path / "kb"
+    kb.mkdir()
+    (kb / "returns.md").write_text("# Returns\n\n## Window\n\nReturns are accepted for 30 days.\n")
+    (kb / "faq.jsonl").write_text('{"id": "faq-sunday", "question": "Do you ship on Sundays?", "answer": "No."}\n')
+    first = run_cli("index", str(kb), env=env)
+    assert first.returncode == 0, first.stderr
+    report = json.loads(first.stdout.strip().splitlines()[-1])
+    assert (report["version"], report["documents"], report["embedded_chunks"]) == ("v000001", 2, 2)
+    found = run_cli("search", "ship on Sundays", "-k", "1", "--json", "--mode", "bm25", env=env)
+    assert found.returncode == 0, found.stderr
+    payload = json.loads(found.stdout)
+    assert payload["index_version"] == "v000001" and payload["results"][0]["doc_id"] == "faq-sunday"
+    text = run_cli("search", "returns window", "-k", "1", "--mode", "bm25", env=env)
+    assert text.stdout.startswith("1. [returns] Returns > Window")
+    (kb / "broken.md").write_bytes(b"")
+    bad = run_cli("index", str(kb), env=env)
+    assert bad.returncode == 1 and "broken.md: file is empty" in bad.stderr
+
+
+def test_search_without_an_index_says_what_to_run(tmp_path: Path, tiny_embedder_dir: Path) -> None:
+    result = run_cli("search", "x", env={"TUNERAG_DATA_DIR": str(tmp_path), "TUNERAG_MODELS__EMBEDDER": str(tiny_embedder_dir)})
+    assert result.returncode == 1 and "run `tunerag index` first" in result.stderr

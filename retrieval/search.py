@@ -1,0 +1,166 @@
+"""Searching a loaded index version: dense (FAISS), sparse (BM25) and hybrid (reciprocal-rank fusion).
+
+``Retriever`` is cheap to construct around an :class:`~retrieval.index_store.IndexVersion` and an
+embedder; the service keeps one per active index version and swaps it atomically after a reindex.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from core.errors import InvalidInputError
+from core.prompt import ContextPassage
+from core.settings import RetrievalSettings
+from retrieval.documents import Chunk
+from retrieval.embedding import encode
+from retrieval.index_store import IndexVersion
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+SearchMode = Literal["dense", "bm25", "hybrid"]
+Filters = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """One retrieved chunk with what a citation and a prompt need."""
+
+    chunk_id: int
+    doc_id: str
+    title: str
+    heading_path: tuple[str, ...]
+    text: str
+    score: float
+    source: str
+
+    def to_passage(self) -> ContextPassage:
+        heading = " > ".join(h for h in self.heading_path if h != self.title)
+        return ContextPassage(self.doc_id, self.title + (f" — {heading}" if heading else ""), self.text)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"chunk_id": self.chunk_id, "doc_id": self.doc_id, "title": self.title,
+                "heading_path": list(self.heading_path), "text": self.text, "score": self.score,
+                "source": self.source}
+
+
+def _matches(chunk: Chunk, filters: Filters) -> bool:
+    for key, wanted in filters.items():
+        value = getattr(chunk, key, None) if key in ("doc_id", "source", "title") else chunk.metadata.get(key)
+        allowed = wanted if isinstance(wanted, list | tuple | set) else [wanted]
+        if value not in allowed:
+            return False
+    return True
+
+
+def doc_ranking(results: Sequence[SearchResult]) -> list[str]:
+    """Document ids in order of their best chunk (what document-level metrics and citations use)."""
+    seen: dict[str, None] = {}
+    for r in results:
+        seen.setdefault(r.doc_id, None)
+    return list(seen)
+
+
+class Retriever:
+    """Dense, BM25 and hybrid search over one index version.
+
+    Args:
+        version: the loaded index version.
+        embedder: a model with the same fingerprint the version was built with.
+        config: retrieval settings (default k, mode, RRF constant, HNSW efSearch).
+    """
+
+    def __init__(self, version: IndexVersion, embedder: SentenceTransformer, config: RetrievalSettings) -> None:
+        self.version, self.embedder, self.config = version, embedder, config
+
+    def _allowed_ids(self, filters: Filters | None) -> np.ndarray | None:
+        if not filters:
+            return None
+        return np.asarray([cid for cid, c in self.version.chunks.items() if _matches(c, filters)], dtype=np.int64)
+
+    def _result(self, chunk_id: int, score: float) -> SearchResult:
+        c = self.version.chunks[int(chunk_id)]
+        return SearchResult(c.chunk_id, c.doc_id, c.title, c.heading_path, c.text, float(score), c.source)
+
+    def dense_many(self, queries: Sequence[str], k: int, filters: Filters | None = None) -> list[list[SearchResult]]:
+        import faiss
+
+        allowed = self._allowed_ids(filters)
+        if allowed is not None and len(allowed) == 0 or self.version.index.ntotal == 0:
+            return [[] for _ in queries]
+        vectors = encode(self.embedder, queries, batch_size=self.config.embed_batch_size)
+        params = None
+        if self.version.manifest.index_type == "hnsw":
+            params = faiss.SearchParametersHNSW(efSearch=max(self.config.hnsw_ef_search, k))
+        if allowed is not None:
+            params = params or faiss.SearchParameters()
+            params.sel = faiss.IDSelectorBatch(allowed)
+        scores, ids = self.version.index.search(vectors, k, params=params)
+        return [[self._result(i, s) for i, s in zip(row_ids, row_scores, strict=True) if i >= 0]
+                for row_ids, row_scores in zip(ids, scores, strict=True)]
+
+    def bm25_many(self, queries: Sequence[str], k: int, filters: Filters | None = None) -> list[list[SearchResult]]:
+        import bm25s
+
+        n = len(self.version.chunk_order)
+        if n == 0:
+            return [[] for _ in queries]
+        mask = None
+        allowed = self._allowed_ids(filters)
+        if allowed is not None:
+            mask = np.isin(self.version.chunk_order, allowed).astype(np.float32)
+            if not mask.any():
+                return [[] for _ in queries]
+        tokens = bm25s.tokenize(list(queries), stopwords="en", return_ids=False, show_progress=False)
+        out: list[list[SearchResult]] = []
+        for query_tokens in tokens:
+            known = [t for t in query_tokens if t in self.version.bm25.vocab_dict]
+            if not known:
+                out.append([])
+                continue
+            rows, scores = self.version.bm25.retrieve([known], k=min(k, n), show_progress=False, weight_mask=mask)
+            out.append([self._result(self.version.chunk_order[r], s)
+                        for r, s in zip(rows[0], scores[0], strict=True) if s > 0])
+        return out
+
+    def hybrid_many(self, queries: Sequence[str], k: int, filters: Filters | None = None) -> list[list[SearchResult]]:
+        """Reciprocal-rank fusion of dense and BM25 lists: score = sum 1 / (rrf_k + rank)."""
+        depth = max(4 * k, 20)
+        fused_all = []
+        for dense, sparse in zip(self.dense_many(queries, depth, filters), self.bm25_many(queries, depth, filters),
+                                 strict=True):
+            scores: dict[int, float] = {}
+            for ranked in (dense, sparse):
+                for rank, r in enumerate(ranked, 1):
+                    scores[r.chunk_id] = scores.get(r.chunk_id, 0.0) + 1.0 / (self.config.rrf_k + rank)
+            best = sorted(scores.items(), key=lambda item: item[1], reverse=True)[:k]
+            fused_all.append([self._result(cid, s) for cid, s in best])
+        return fused_all
+
+    def search_many(
+        self, queries: Sequence[str], k: int | None = None, mode: SearchMode | None = None,
+        filters: Filters | None = None,
+    ) -> list[list[SearchResult]]:
+        """Top-``k`` chunks for each query, best first.
+
+        Raises:
+            InvalidInputError: ``k`` < 1, an unknown mode, or an empty query.
+        """
+        k = self.config.top_k if k is None else k
+        mode = mode or self.config.search_mode
+        if k < 1:
+            raise InvalidInputError(f"k must be >= 1, got {k}")
+        if any(not q or not q.strip() for q in queries):
+            raise InvalidInputError("query must not be empty")
+        runners = {"dense": self.dense_many, "bm25": self.bm25_many, "hybrid": self.hybrid_many}
+        if mode not in runners:
+            raise InvalidInputError(f"mode must be one of {sorted(runners)}, got {mode!r}")
+        return runners[mode](list(queries), k, filters)
+
+    def search(self, query: str, k: int | None = None, mode: SearchMode | None = None,
+               filters: Filters | None = None) -> list[SearchResult]:
+        return self.search_many([query], k, mode, filters)[0]

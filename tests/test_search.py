@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import pytest
+
+from core.errors import InvalidInputError
+from core.models import load_embedder
+from core.settings import SAMPLE_DIR, Settings
+from retrieval import index_store
+from retrieval.embedding import encode
+from retrieval.indexer import update_index
+from retrieval.search import Retriever, doc_ranking
+
+
+@pytest.fixture
+def sample_retriever(settings: Settings) -> Retriever:
+    update_index(settings, [SAMPLE_DIR / "kb"])
+    version = index_store.open_version(settings.paths.index_dir)
+    return Retriever(version, load_embedder(settings), settings.retrieval)
+
+
+def test_dense_search_is_exact_inner_product(sample_retriever: Retriever) -> None:
+    version = sample_retriever.version
+    query = "How do I rotate an API key?"
+    results = sample_retriever.search(query, k=5, mode="dense")
+    q = encode(sample_retriever.embedder, [query])[0]
+    vectors, ids = version.vectors()
+    scores = vectors @ q
+    row = {int(i): n for n, i in enumerate(ids)}
+    # The top-5 scores are the true top-5, and each result's score is its own inner product
+    # (compared by score, not id, because a random tiny embedder produces near-ties).
+    assert [r.score for r in results] == pytest.approx(sorted(scores, reverse=True)[:5], abs=1e-5)
+    assert [r.score for r in results] == pytest.approx([float(scores[row[r.chunk_id]]) for r in results], abs=1e-5)
+
+
+def test_bm25_finds_the_article_by_its_words(sample_retriever: Retriever) -> None:
+    results = sample_retriever.search("Parcelly-Signature HMAC webhook", k=3, mode="bm25")
+    assert results[0].doc_id == "api-webhooks"
+    assert results[0].heading_path == ("Webhooks", "Signatures")
+    assert all(a.score >= b.score for a, b in zip(results, results[1:], strict=False))
+    assert sample_retriever.search("zzzqx unknownword", k=3, mode="bm25") == []
+
+
+def test_hybrid_is_reciprocal_rank_fusion_of_both_lists(sample_retriever: Retriever) -> None:
+    query, k, rrf = "void window for DHL labels", 5, sample_retriever.config.rrf_k
+    dense = sample_retriever.search(query, k=20, mode="dense")
+    sparse = sample_retriever.search(query, k=20, mode="bm25")
+    expected: dict[int, float] = {}
+    for ranked in (dense, sparse):
+        for rank, r in enumerate(ranked, 1):
+            expected[r.chunk_id] = expected.get(r.chunk_id, 0) + 1 / (rrf + rank)
+    hybrid = sample_retriever.search(query, k=k, mode="hybrid")
+    assert [r.chunk_id for r in hybrid] == sorted(expected, key=expected.get, reverse=True)[:k]
+
+
+@pytest.mark.parametrize("mode", ["dense", "bm25", "hybrid"])
+def test_metadata_filters_restrict_every_mode(sample_retriever: Retriever, mode: str) -> None:
+    results = sample_retriever.search("refund for a label", k=5, mode=mode, filters={"category": "billing"})
+    assert results and {r.doc_id.split("-")[0] for r in results} == {"billing"}
+    only = sample_retriever.search("refund", k=5, mode=mode, filters={"doc_id": ["ts-void-label"]})
+    assert {r.doc_id for r in only} == {"ts-void-label"}
+    assert sample_retriever.search("refund", k=5, mode=mode, filters={"category": "nope"}) == []
+
+
+def test_results_carry_citation_fields_and_doc_ranking_dedupes(sample_retriever: Retriever) -> None:
+    results = sample_retriever.search("Which carriers are built in?", k=6)
+    assert all(r.title and r.text and r.source.endswith((".md", ".html")) for r in results)
+    ranking = doc_ranking(results)
+    assert len(ranking) == len(set(ranking)) and ranking[0] == results[0].doc_id
+    passage = results[0].to_passage()
+    assert passage.doc_id == results[0].doc_id and passage.text == results[0].text
+
+
+def test_bad_search_arguments_are_clear_errors(sample_retriever: Retriever) -> None:
+    with pytest.raises(InvalidInputError, match="k must be >= 1"):
+        sample_retriever.search("x", k=0)
+    with pytest.raises(InvalidInputError, match="query must not be empty"):
+        sample_retriever.search("  ")
+    with pytest.raises(InvalidInputError, match="mode must be one of"):
+        sample_retriever.search("x", mode="fuzzy")  # type: ignore[arg-type]
+
+
+def test_hnsw_index_agrees_with_exact_search_on_small_data(settings: Settings) -> None:
+    hnsw = settings.model_copy(update={"retrieval": settings.retrieval.model_copy(update={"index_type": "hnsw"})})
+    update_index(hnsw, [SAMPLE_DIR / "kb"])
+    version = index_store.open_version(settings.paths.index_dir)
+    assert version.manifest.index_type == "hnsw"
+    approx = Retriever(version, load_embedder(settings), hnsw.retrieval)
+    exact = Retriever(version, load_embedder(settings), settings.retrieval.model_copy(update={"index_type": "flat"}))
+    vectors, ids = version.vectors()
+    q = "How do I schedule a pickup?"
+    scores = sorted(vectors @ encode(exact.embedder, [q])[0], reverse=True)[:5]
+    assert [r.score for r in approx.search(q, k=5, mode="dense")] == pytest.approx(scores, abs=1e-5)
+
+
+def test_auto_index_type_switches_at_the_threshold(settings: Settings) -> None:
+    small = settings.model_copy(update={"retrieval": settings.retrieval.model_copy(update={"ann_threshold": 10})})
+    assert update_index(small, [SAMPLE_DIR / "kb"]).index_type == "hnsw"
