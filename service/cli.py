@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
+from pydantic import BaseModel
 
 from core.errors import TuneragError
 from core.logs import configure_logging
@@ -33,6 +34,28 @@ Mode = Literal["combined", "rag", "ft", "prompt"]
 
 def _settings(ctx: typer.Context) -> Settings:
     return ctx.ensure_object(dict)["settings"]
+
+
+def _training_config(base: BaseModel, cls: type[BaseModel], config: Path | None, max_steps: int | None) -> BaseModel:
+    """The settings' training section, overridden by a YAML file and then by --max-steps."""
+    import yaml
+    from pydantic import ValidationError
+
+    values = base.model_dump()
+    if config is not None:
+        if not config.is_file():
+            raise TuneragError(f"training config not found: {config}")
+        loaded = yaml.safe_load(config.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise TuneragError(f"{config}: expected a mapping of training options")
+        values.update(loaded)
+    if max_steps is not None:
+        values["max_steps"] = max_steps
+    try:
+        return cls.model_validate(values)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise TuneragError(f"invalid training config: {problems}") from None
 
 
 @app.callback()
@@ -167,7 +190,14 @@ def train_embedder(
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after N optimizer steps.")] = None,
 ) -> None:
     """Fine-tune the embedder on (query, passage) pairs with hard negatives."""
-    raise TuneragError("`tunerag train embedder` is not available yet (embedder training issue)")
+    from core.settings import EmbedderTrainingSettings
+    from training.embedder_recipe import train_embedder as run
+
+    settings = _settings(ctx)
+    cfg = _training_config(settings.train_embedder, EmbedderTrainingSettings, config, max_steps)
+    artifact = run(settings, cfg)
+    summary = {k: artifact.manifest[k] for k in ("pairs", "metrics_before", "metrics_after", "wall_time_s")}
+    typer.echo(json.dumps({"artifact": artifact.id, "path": str(artifact.path), **summary}, indent=2))
 
 
 @train_app.command("generator")

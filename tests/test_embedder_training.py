@@ -1,0 +1,162 @@
+"""Embedder fine-tuning: pair building, leak filtering, hard negatives, a tiny run and its artifact."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core import artifacts
+from core.errors import InvalidInputError
+from core.models import load_embedder, resolve_embedder
+from core.settings import SAMPLE_DIR, Settings, load_settings
+from retrieval.documents import Chunk, chunk_id_for
+from retrieval.indexer import update_index
+from training import embedder_data
+from training.embedder_data import (
+    QueryPair,
+    _clean_question,
+    add_hard_negatives,
+    filter_pairs,
+    leaks_passage,
+    pairs_from_chats,
+    pairs_from_labelled,
+    synthetic_pairs,
+    to_dataset,
+)
+from training.embedder_recipe import corpus_chunks, train_embedder
+
+
+def chunk(doc_id: str, text: str, position: int = 0) -> Chunk:
+    return Chunk(chunk_id_for(doc_id, position, text), doc_id, position, text, doc_id.title(), (), "x.md")
+
+
+def test_chat_pairs_use_user_turns_of_grounded_chats_only() -> None:
+    pairs = pairs_from_chats(SAMPLE_DIR / "chat_train.jsonl")
+    chats = [json.loads(line) for line in (SAMPLE_DIR / "chat_train.jsonl").read_text().splitlines()]
+    grounded_turns = sum(sum(m["role"] == "user" for m in c["messages"]) for c in chats if len(c["doc_ids"]) == 1)
+    assert len(pairs) == grounded_turns
+    refusals = {c["messages"][1]["content"] for c in chats if not c["doc_ids"]}
+    assert not refusals & {p.query for p in pairs}
+    assert {p.source for p in pairs} == {"chat"}
+
+
+def test_labelled_pairs_accept_pairs_and_faq_lines_and_name_bad_lines(tmp_path: Path) -> None:
+    good = tmp_path / "labelled.jsonl"
+    good.write_text('{"question": "How much is Growth?", "doc_id": "billing-plans"}\n'
+                    '{"id": "faq-7", "question": "Do you ship on Sundays?", "answer": "No."}\n')
+    assert pairs_from_labelled(good) == [QueryPair("How much is Growth?", "billing-plans", "labelled"),
+                                         QueryPair("Do you ship on Sundays?", "faq-7", "labelled")]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "ok?", "doc_id": "a"}\n{"doc_id": "b"}\n')
+    with pytest.raises(InvalidInputError, match=r"bad\.jsonl:2: .*'question' and 'doc_id'"):
+        pairs_from_labelled(bad)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("Question: How do I void a label?", "How do I void a label?"),
+     ('"Can I pay by card?" I hope this helps', "Can I pay by card?"),
+     ("\n\nWhat are the API rate limits? And more", "What are the API rate limits?"),
+     ("This is not a question.", None), ("Why?", None)],
+)
+def test_generated_questions_are_cleaned(raw: str, expected: str | None) -> None:
+    assert _clean_question(raw) == expected
+
+
+def test_leak_filter_drops_verbatim_synthetic_queries_and_duplicates_but_keeps_humans() -> None:
+    passage = "Voiding is only possible before the carrier scans the parcel."
+    chunks = {"ts-void-label": [chunk("ts-void-label", passage)]}
+    assert leaks_passage("Is voiding only possible before the carrier scans the parcel?", passage)
+    assert not leaks_passage("Can I still cancel a label after pickup?", passage)
+    pairs = [
+        QueryPair("Is voiding only possible before the carrier scans the parcel?", "ts-void-label", "chat"),
+        QueryPair("is voiding only possible before the carrier scans the parcel", "ts-void-label", "synthetic"),
+        QueryPair("Voiding is only possible before the carrier scans the parcel?", "ts-void-label", "synthetic"),
+        QueryPair("Can I still cancel a label after pickup?", "ts-void-label", "synthetic"),
+        QueryPair("Where is my invoice?", "no-such-doc", "labelled"),
+    ]
+    kept, report = filter_pairs(pairs, chunks)
+    assert [p.query for p in kept] == [pairs[0].query, pairs[3].query]
+    assert (report.duplicates, report.leaks, report.unknown_doc, report.kept) == (1, 1, 1, 2)
+
+
+def test_synthetic_queries_are_generated_once_and_cached(settings: Settings, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.models import load_generator
+
+    model, tokenizer = load_generator(settings)
+    chunks = [chunk("a", "Pickups booked before 11:00 are collected the same day."), chunk("b", "Invoices are PDF.")]
+    cache = tmp_path / "synthetic.json"
+    config = settings.generation.model_copy(update={"max_new_tokens": 8})
+    first = synthetic_pairs(chunks, model, tokenizer, config, cache)
+    assert cache.is_file() and len(json.loads(cache.read_text())) == 2
+    assert all(p.source == "synthetic" for p in first)
+
+    def no_generation(*args: object, **kwargs: object) -> None:
+        raise AssertionError("cached queries must not be generated again")
+
+    monkeypatch.setattr(embedder_data, "generate", no_generation)
+    assert synthetic_pairs(chunks, model, tokenizer, config, cache) == first
+
+
+def test_hard_negatives_never_come_from_the_gold_document() -> None:
+    settings = load_settings()
+    model = load_embedder(settings)
+    chunks = corpus_chunks(settings, [SAMPLE_DIR / "kb"], model.tokenizer)
+    by_doc: dict[str, list[Chunk]] = {}
+    for c in chunks:
+        by_doc.setdefault(c.doc_id, []).append(c)
+    pairs, _ = filter_pairs(pairs_from_chats(SAMPLE_DIR / "chat_train.jsonl")[:60], by_doc)
+    dataset = to_dataset(pairs, by_doc)
+    mined = add_hard_negatives(dataset, model, chunks, num_negatives=2, margin=0.05)
+    assert len(mined) >= 0.9 * len(set(zip(dataset["anchor"], dataset["positive"], strict=True)))
+    doc_of = {c.embedding_text(): c.doc_id for c in chunks}
+    gold = {(r["anchor"], r["positive"]): r["doc_id"] for r in dataset}
+    for row in mined:
+        assert row["negative_1"] != row["positive"] and row["negative_2"] != row["positive"]
+        for neg in (row["negative_1"], row["negative_2"]):
+            assert doc_of[neg] != gold[(row["anchor"], row["positive"])]
+
+
+def test_tiny_training_run_writes_a_loadable_artifact_with_a_complete_manifest(settings: Settings) -> None:
+    cfg = settings.train_embedder.model_copy(update={
+        "synthetic_queries_per_chunk": 0, "max_steps": 4, "learning_rate": 1e-3, "eval_steps": 2,
+        "per_device_train_batch_size": 16, "hard_negatives": 0,
+    })
+    probe = ["How do I void a label?", "What does the Growth plan cost?"]
+    before_vectors = load_embedder(settings).encode(probe)
+    artifact = train_embedder(settings, cfg)
+
+    manifest = json.loads((artifact.path / "manifest.json").read_text())
+    for key in ("id", "kind", "created_at", "base_model", "data_hash", "pairs", "hyperparameters",
+                "metrics_before", "metrics_after", "wall_time_s", "global_steps"):
+        assert key in manifest, key
+    assert manifest["global_steps"] == 4 and manifest["pairs"]["train"] > manifest["pairs"]["heldout"] > 0
+    assert manifest["metrics_after"]["heldout_ndcg@10"] >= 0 and len(manifest["data_hash"]) == 64
+    assert not list((artifact.path.parent / ".runs").iterdir()), "the run dir is cleaned up"
+
+    tuned = settings.model_copy(update={"models": settings.models.model_copy(update={"embedder": "artifact:latest"})})
+    resolved = resolve_embedder(tuned)
+    assert resolved.source == "artifact" and resolved.location == str(artifact.path / "model")
+    after_vectors = load_embedder(tuned).encode(probe)
+    assert not np.allclose(before_vectors, after_vectors), "training changed the model"
+    assert np.allclose(load_embedder(settings).encode(probe), before_vectors), "the cached base model is untouched"
+    report = update_index(tuned, [SAMPLE_DIR / "kb"], rebuild=True)
+    assert report.mode == "rebuild" and artifacts.get_artifact(settings, "embedder", "latest").id == artifact.id
+
+
+def test_training_refuses_empty_or_single_pair_data(settings: Settings, tmp_path: Path) -> None:
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps({"doc_ids": ["billing-plans"], "messages": [
+        {"role": "system", "content": "s"}, {"role": "user", "content": "How much is Growth?"},
+        {"role": "assistant", "content": "a"}]}) + "\n")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    for files in ([one], [empty]):
+        cfg = settings.train_embedder.model_copy(update={"chat_files": files, "synthetic_queries_per_chunk": 0})
+        with pytest.raises(InvalidInputError, match="needs at least 2 .* pairs"):
+            train_embedder(settings, cfg)
+    assert artifacts.list_artifacts(settings, "embedder") == []

@@ -1,0 +1,192 @@
+"""Recipe: fine-tune the embedder for domain retrieval. Reads top to bottom.
+
+    setup   -> corpus chunks, (query, doc) pairs from labelled / chat / synthetic sources, filtering
+    split   -> seeded held-out split of queries (picks the best checkpoint; reported before/after)
+    mine    -> hard negatives with the *current* embedder, margin-filtered, never from the gold document
+    train   -> SentenceTransformerTrainer + MultipleNegativesRankingLoss (no-duplicates batches),
+               optionally wrapped in MatryoshkaLoss
+    save    -> a versioned artifact: model/ + manifest.json (base model, data hash, pair counts,
+               hyperparameters, before/after metrics, wall time)
+
+Interrupting (Ctrl-C) leaves checkpoints in the run directory and no artifact; nothing half-written is
+ever visible under ``artifacts/embedder/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from core import artifacts
+from core.errors import InvalidInputError
+from core.models import load_embedder, load_generator, resolve_device, resolve_embedder
+from core.settings import EmbedderTrainingSettings, Settings
+from retrieval.chunking import Chunker
+from retrieval.documents import Chunk
+from retrieval.loaders import load_documents
+from training.embedder_data import (
+    QueryPair,
+    add_hard_negatives,
+    filter_pairs,
+    pairs_from_chats,
+    pairs_from_labelled,
+    pairs_to_json,
+    synthetic_pairs,
+    to_dataset,
+)
+from training.embedder_eval import DocRetrievalEvaluator
+
+logger = logging.getLogger(__name__)
+
+
+def corpus_chunks(settings: Settings, sources: list[Path], tokenizer) -> list[Chunk]:
+    chunker = Chunker(tokenizer, settings.retrieval.chunk_size, settings.retrieval.chunk_overlap)
+    return [chunk for doc in load_documents(sources) for chunk in chunker.split(doc)]
+
+
+def collect_pairs(settings: Settings, cfg: EmbedderTrainingSettings, chunks: list[Chunk]) -> list[QueryPair]:
+    """Labelled first, then chat, then synthetic: on duplicates the human-written query wins."""
+    pairs: list[QueryPair] = []
+    for path in cfg.labelled_files:
+        pairs += pairs_from_labelled(path)
+    for path in cfg.chat_files:
+        pairs += pairs_from_chats(path)
+    if cfg.synthetic_queries_per_chunk > 0:
+        model, tokenizer = load_generator(settings)
+        cache = settings.paths.data_dir / "cache" / "synthetic_queries.json"
+        pairs += synthetic_pairs(chunks, model, tokenizer, settings.generation, cache,
+                                 per_chunk=cfg.synthetic_queries_per_chunk)
+    return pairs
+
+
+def split_pairs(pairs: list[QueryPair], eval_fraction: float, seed: int) -> tuple[list[QueryPair], list[QueryPair]]:
+    shuffled = sorted(pairs, key=lambda p: (p.query, p.doc_id))
+    random.Random(seed).shuffle(shuffled)
+    n_eval = max(1, round(len(shuffled) * eval_fraction))
+    return shuffled[n_eval:], shuffled[:n_eval]
+
+
+def train_embedder(settings: Settings, cfg: EmbedderTrainingSettings | None = None) -> artifacts.Artifact:
+    """Run the recipe and return the finished artifact.
+
+    Raises:
+        InvalidInputError: fewer than two usable training pairs, or a malformed data file.
+    """
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.base.sampler import BatchSamplers
+    from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss, MultipleNegativesRankingLoss
+
+    cfg = cfg or settings.train_embedder
+    began = time.perf_counter()
+
+    # --- setup: corpus, pairs, filtering
+    base = resolve_embedder(settings)
+    model = load_embedder(settings, fresh=True)
+    sources = cfg.sources or list(settings.retrieval.sources)
+    chunks = corpus_chunks(settings, sources, model.tokenizer)
+    chunks_by_doc: dict[str, list[Chunk]] = {}
+    for chunk in chunks:
+        chunks_by_doc.setdefault(chunk.doc_id, []).append(chunk)
+    raw_pairs = collect_pairs(settings, cfg, chunks)
+    pairs, filtered = filter_pairs(raw_pairs, chunks_by_doc)
+    if len(pairs) < 2:
+        raise InvalidInputError(
+            f"embedder training needs at least 2 (query, document) pairs after filtering, got {len(pairs)} "
+            f"(from {len(raw_pairs)} raw: {filtered.duplicates} duplicates, {filtered.leaks} leaks, "
+            f"{filtered.unknown_doc} with unknown doc ids); add labelled_files or chat_files"
+        )
+
+    # --- split
+    train_pairs, heldout_pairs = split_pairs(pairs, cfg.eval_fraction, cfg.seed)
+    if len(train_pairs) < 2:
+        raise InvalidInputError(f"only {len(train_pairs)} training pair(s) left after the held-out split")
+    evaluator = DocRetrievalEvaluator([p.query for p in heldout_pairs], [[p.doc_id] for p in heldout_pairs], chunks)
+    before = evaluator(model)
+    logger.info("before training: %s", {k: round(v, 4) for k, v in before.items()})
+
+    # --- mine hard negatives with the current model
+    train_dataset = to_dataset(train_pairs, chunks_by_doc)
+    if cfg.hard_negatives > 0:
+        mined = add_hard_negatives(train_dataset, model, chunks, num_negatives=cfg.hard_negatives,
+                                   margin=cfg.hard_negative_margin)
+        if len(mined) >= 2:
+            train_dataset = mined
+        else:
+            logger.warning("too few rows kept hard negatives; training on (anchor, positive) pairs only")
+            train_dataset = train_dataset.remove_columns(["doc_id"])
+    else:
+        train_dataset = train_dataset.remove_columns(["doc_id"])
+
+    # --- train
+    artifact_id = artifacts.new_artifact_id("embedder")
+    workdir = artifacts.run_dir(settings, "embedder", artifact_id)
+    workdir.mkdir(parents=True, exist_ok=True)
+    loss = MultipleNegativesRankingLoss(model)
+    if cfg.matryoshka_dims:
+        loss = MatryoshkaLoss(model, loss, matryoshka_dims=cfg.matryoshka_dims)
+    batch_size = min(cfg.per_device_train_batch_size, len(train_dataset))
+    strategy = "steps" if cfg.eval_steps else "epoch"
+    on_cpu = resolve_device(settings) == "cpu"
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(workdir / "checkpoints"),
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=cfg.learning_rate,
+        warmup_ratio=cfg.warmup_ratio,
+        batch_sampler=BatchSamplers.NO_DUPLICATES,
+        eval_strategy=strategy,
+        save_strategy=strategy,
+        eval_steps=cfg.eval_steps,
+        save_steps=cfg.eval_steps,
+        load_best_model_at_end=True,
+        metric_for_best_model=f"eval_{evaluator.primary_metric}",
+        greater_is_better=True,
+        save_total_limit=2,
+        logging_steps=max(1, min(10, cfg.max_steps if cfg.max_steps > 0 else 10)),
+        seed=cfg.seed,
+        report_to=[],
+        use_cpu=on_cpu,
+        bf16=False,
+        fp16=not on_cpu,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_dataset, loss=loss,
+                                         evaluator=evaluator)
+    trainer.train()
+    after = evaluator(model)
+    logger.info("after training: %s", {k: round(v, 4) for k, v in after.items()})
+
+    # --- save
+    model.save(str(workdir / "model"))
+    history = [{k: v for k, v in row.items() if isinstance(v, int | float)} for row in trainer.state.log_history]
+    manifest: dict[str, Any] = {
+        "created_at": artifacts.utc_now(),
+        "base_model": {"spec": base.spec, "location": base.location},
+        "data_hash": artifacts.data_hash(pairs_to_json(pairs)),
+        "pairs": {
+            "raw_by_source": dict(Counter(p.source for p in raw_pairs)),
+            "kept_by_source": dict(Counter(p.source for p in pairs)),
+            "filtered": asdict(filtered),
+            "train": len(train_pairs),
+            "train_rows_with_negatives": len(train_dataset),
+            "heldout": len(heldout_pairs),
+        },
+        "corpus": {"sources": [str(s) for s in sources], "chunks": len(chunks), "documents": len(chunks_by_doc)},
+        "hyperparameters": cfg.model_dump(mode="json") | {"effective_batch_size": batch_size},
+        "metrics_before": before,
+        "metrics_after": after,
+        "best_checkpoint": trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name,
+        "global_steps": trainer.state.global_step,
+        "log_history": history,
+        "wall_time_s": round(time.perf_counter() - began, 1),
+    }
+    artifact = artifacts.finalize(settings, "embedder", artifact_id, manifest, keep=["model"])
+    logger.info("embedder artifact %s written to %s", artifact.id, artifact.path)
+    return artifact
