@@ -39,10 +39,11 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
 
-## bench: every benchmark under bench/, each prints JSON (also written to bench/results/)
+## bench: every benchmark under bench/, each prints JSON (also written to bench/results/<name>.json)
 bench: setup
+	$(BIN)/pip install -q -e ".[bench]"
 	@mkdir -p bench/results
-	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b | tee bench/results/$$(basename $$b .py).json || exit 1; done
+	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b 2>>bench/results/bench.log || exit 1; done
 
 lint: setup
 	$(BIN)/ruff check .

@@ -16,6 +16,11 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# Libraries (the HF Trainer among them) print progress to stdout; only the result JSON goes there.
+_RESULT_STREAM = sys.stdout
+sys.stdout = sys.stderr
+RESULTS_DIR = ROOT / "bench" / "results"
+
 
 def percentiles(samples_s: list[float]) -> dict[str, float]:
     ms = np.asarray(samples_s) * 1000
@@ -35,5 +40,8 @@ def machine() -> dict[str, object]:
 
 
 def emit(name: str, result: dict[str, object]) -> None:
-    """Print the benchmark's JSON to stdout (the Makefile also stores it under bench/results/)."""
-    print(json.dumps({"benchmark": name, "machine": machine(), **result}, indent=2))
+    """Print the benchmark's JSON to stdout and store it as bench/results/<name>.json."""
+    text = json.dumps({"benchmark": name, "machine": machine(), **result}, indent=2)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    (RESULTS_DIR / f"{name}.json").write_text(text + "\n")
+    print(text, file=_RESULT_STREAM, flush=True)

@@ -36,10 +36,13 @@ def generate(
     *,
     max_new_tokens: int | None = None,
     temperature: float | None = None,
+    streamer: object | None = None,
 ) -> list[Generation]:
     """Decode ``prompts`` (already rendered by :mod:`core.prompt`) in batches of ``config.batch_size``.
 
     Prompts longer than ``config.max_context_tokens`` keep their last tokens (the question sits at the end).
+    A ``streamer`` (transformers ``TextIteratorStreamer``) receives tokens as they are decoded; use it with
+    a single prompt.
     Returns one :class:`Generation` per prompt, in order.
     """
     import torch
@@ -74,6 +77,7 @@ def generate(
                     top_k=None,
                     repetition_penalty=config.repetition_penalty,
                     pad_token_id=tokenizer.pad_token_id,
+                    streamer=streamer,
                 )
             elapsed = time.perf_counter() - began
             new_tokens = out[:, enc["input_ids"].shape[1] :]

@@ -221,16 +221,19 @@ def _load_causal_lm(location: str, device: str, dtype: str) -> tuple[PreTrainedM
     return model, tokenizer
 
 
-def load_generator(settings: Settings) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_generator(settings: Settings, *, fresh: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The base generator and its tokenizer, loaded once per process (keyed by folder, device, dtype).
+
+    ``fresh=True`` returns a private copy, for code that changes the model (training, attaching adapters).
 
     Raises:
         ModelNotFoundError: see :func:`resolve_generator`.
     """
     resolved = resolve_generator(settings)
     device = resolve_device(settings)
+    loader = _load_causal_lm.__wrapped__ if fresh else _load_causal_lm
     try:
-        return _load_causal_lm(resolved.location, device, resolve_dtype(settings, device))
+        return loader(resolved.location, device, resolve_dtype(settings, device))
     except OSError as exc:
         raise ModelNotFoundError(f"cannot load generator {resolved.location!r}: {exc}") from exc
 

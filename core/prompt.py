@@ -98,6 +98,19 @@ def render_prompt(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message
     return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
 
 
+def build_prompt(
+    template: PromptTemplate,
+    tokenizer: PreTrainedTokenizerBase,
+    question: str,
+    passages: Sequence[ContextPassage] | None = None,
+    history: Sequence[Message] = (),
+    *,
+    with_examples: bool = False,
+) -> str:
+    """The exact string the generator is conditioned on, for training, serving and evaluation alike."""
+    return render_prompt(tokenizer, template.build_messages(question, passages, history, with_examples=with_examples))
+
+
 @lru_cache(maxsize=8)
 def _load_template(system_prompt_file: Path, few_shot_file: Path | None, max_passage_chars: int) -> PromptTemplate:
     if not system_prompt_file.is_file():

@@ -156,7 +156,13 @@ class EmbedderTrainingSettings(BaseModel):
         description="Chat training sets; user turns are paired with the documents the answer cites.",
     )
     sources: list[Path] | None = Field(None, description="Corpus to train on (default: retrieval.sources).")
-    synthetic_queries_per_chunk: int = Field(1, ge=0, description="Generated questions per chunk; 0 disables.")
+    synthetic_queries_per_chunk: int = Field(
+        0,
+        ge=0,
+        description="Generated questions per chunk (0 disables). Off by default: with the packaged 135M generator "
+        "only ~30% of chunks yield a usable question and generation costs ~5 min on 2 cores; turn it on with a "
+        "stronger generator (models.generator) or a GPU.",
+    )
     hard_negatives: int = Field(1, ge=0)
     hard_negative_margin: float = Field(0.05, ge=0.0, description="Negatives score at least this far below the positive.")
     matryoshka_dims: list[int] | None = Field(None, description="e.g. [384, 256, 128, 64] to train with MatryoshkaLoss.")
@@ -173,20 +179,41 @@ class EmbedderTrainingSettings(BaseModel):
 class GeneratorTrainingSettings(BaseModel):
     """Defaults for `tunerag train generator` (peft / TRL argument names)."""
 
-    r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    target_modules: list[str] | str = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    num_train_epochs: float = 2.0
-    per_device_train_batch_size: int = 4
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 2e-4
-    max_length: int = 768
-    max_steps: int = -1
-    golden_fraction: float = Field(0.8, ge=0.0, le=1.0, description="RAFT: share of examples given the gold doc.")
-    distractors: int = 2
-    early_stopping_patience: int = 2
+    chat_files: list[Path] = Field(default_factory=lambda: [SAMPLE_DIR / "chat_train.jsonl"])
+    split_fractions: tuple[float, float, float] = Field((0.8, 0.1, 0.1), description="train / validation / test")
+    golden_fraction: float = Field(0.7, ge=0.0, le=1.0, description="RAFT: share of examples whose context holds the cited doc.")
+    no_context_fraction: float = Field(0.1, ge=0.0, le=1.0, description="Share trained without retrieval (FT-only mode).")
+    refusal_answer: str | None = Field(
+        None, description="Target when the context lacks the answer (default: the data's answer to uncited questions)."
+    )
+    near_duplicate_jaccard: float = Field(0.9, gt=0.0, le=1.0)
+    r: int = Field(16, gt=0)
+    lora_alpha: int = Field(32, gt=0)
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | str = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        description='Module names, or "all-linear".',
+    )
+    qlora: Literal["auto", "on", "off"] = Field("auto", description="auto: 4-bit base when CUDA + bitsandbytes exist.")
+    num_train_epochs: float = Field(1.0, gt=0)
+    per_device_train_batch_size: int = Field(4, gt=0)
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    learning_rate: float = Field(2e-4, gt=0)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    max_length: int = Field(768, gt=32, description="Longest prompt + answer in tokens; longer examples are dropped.")
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: run all epochs).")
+    eval_steps: int | None = Field(None, gt=0, description="Evaluate/save every N steps (default: each epoch).")
+    early_stopping_patience: int = Field(2, ge=1)
+    dpo_beta: float = Field(0.1, gt=0)
     seed: int = 42
+
+    @model_validator(mode="after")
+    def _fractions(self) -> GeneratorTrainingSettings:
+        if abs(sum(self.split_fractions) - 1.0) > 1e-6:
+            raise ValueError(f"split_fractions must sum to 1, got {self.split_fractions}")
+        if self.golden_fraction + self.no_context_fraction > 1.0:
+            raise ValueError("golden_fraction + no_context_fraction must be <= 1")
+        return self
 
 
 class ServerSettings(BaseModel):

@@ -60,6 +60,8 @@ def test_labelled_pairs_accept_pairs_and_faq_lines_and_name_bad_lines(tmp_path: 
     [("Question: How do I void a label?", "How do I void a label?"),
      ('"Can I pay by card?" I hope this helps', "Can I pay by card?"),
      ("\n\nWhat are the API rate limits? And more", "What are the API rate limits?"),
+     ('The answer to this question would be: "How does the API handle rate limits?"', "How does the API handle rate limits?"),
+     ('A user might ask: "Can I print on A4?', "Can I print on A4?"),
      ("This is not a question.", None), ("Why?", None)],
 )
 def test_generated_questions_are_cleaned(raw: str, expected: str | None) -> None:
@@ -75,12 +77,13 @@ def test_leak_filter_drops_verbatim_synthetic_queries_and_duplicates_but_keeps_h
         QueryPair("Is voiding only possible before the carrier scans the parcel?", "ts-void-label", "chat"),
         QueryPair("is voiding only possible before the carrier scans the parcel", "ts-void-label", "synthetic"),
         QueryPair("Voiding is only possible before the carrier scans the parcel?", "ts-void-label", "synthetic"),
-        QueryPair("Can I still cancel a label after pickup?", "ts-void-label", "synthetic"),
+        QueryPair("Can I still cancel a label after the carrier scans it?", "ts-void-label", "synthetic"),
         QueryPair("Where is my invoice?", "no-such-doc", "labelled"),
+        QueryPair("I'm ready to assist you. What's your business?", "ts-void-label", "synthetic"),
     ]
     kept, report = filter_pairs(pairs, chunks)
     assert [p.query for p in kept] == [pairs[0].query, pairs[3].query]
-    assert (report.duplicates, report.leaks, report.unknown_doc, report.kept) == (1, 1, 1, 2)
+    assert (report.duplicates, report.leaks, report.off_topic, report.unknown_doc, report.kept) == (1, 1, 1, 1, 2)
 
 
 def test_synthetic_queries_are_generated_once_and_cached(settings: Settings, tmp_path: Path,

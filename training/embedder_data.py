@@ -93,11 +93,14 @@ def pairs_from_chats(path: Path) -> list[QueryPair]:
 
 
 def _clean_question(text: str) -> str | None:
+    """The first question in a generation, without labels, quotes or a lead-in such as 'A user might ask:'."""
     line = next((ln.strip() for ln in text.strip().splitlines() if ln.strip()), "")
-    line = re.sub(r"^(question|q)\s*[:\-]\s*", "", line, flags=re.IGNORECASE).strip().strip('"').strip()
     if "?" not in line:
         return None
     line = line[: line.index("?") + 1]
+    if '"' in line:  # 'The answer would be: "How do I ...?' -> the quoted question
+        line = line[line.rindex('"', 0, len(line) - 1) + 1 :] if line.count('"') else line
+    line = re.sub(r"^(question|q)\s*[:\-]\s*", "", line.strip(), flags=re.IGNORECASE).strip().strip('"').strip()
     return line if len(_WORD.findall(line)) >= 3 else None
 
 
@@ -132,7 +135,7 @@ def synthetic_pairs(
         step = generation.batch_size
         for start in tqdm(range(0, len(prompts), step), desc="synthetic queries", unit="batch"):
             outputs += generate(model, tokenizer, prompts[start : start + step], generation,
-                                max_new_tokens=48, temperature=temperature)
+                                max_new_tokens=40, temperature=temperature)
         for key, out in zip(keys, outputs, strict=True):
             cache.setdefault(key, []).append(out.text)
         cache_file.parent.mkdir(parents=True, exist_ok=True)
@@ -176,16 +179,30 @@ def normalize_query(query: str) -> str:
     return " ".join(w.lower() for w in _WORD.findall(query))
 
 
+_STOPWORDS = frozenset(
+    ["a", "an", "and", "are", "as", "at", "be", "by", "can", "do", "does", "for", "from", "how", "i", "if", "in", "is", "it", "my", "of", "on", "or", "our", "the", "this", "to", "what", "when", "where", "which", "who", "why", "will", "with", "you", "your", "we", "us", "me"]
+)
+
+
+def on_topic(query: str, passages: Sequence[str]) -> bool:
+    """A generated question must share at least one content word with its document."""
+    words = {w for w in normalize_query(query).split() if w not in _STOPWORDS and len(w) > 2}
+    text = set(normalize_query(" ".join(passages)).split())
+    return bool(words & text)
+
+
 @dataclass
 class FilterReport:
     kept: int = 0
     duplicates: int = 0
     leaks: int = 0
+    off_topic: int = 0
     unknown_doc: int = 0
 
 
 def filter_pairs(pairs: Sequence[QueryPair], chunks_by_doc: dict[str, list[Chunk]]) -> tuple[list[QueryPair], FilterReport]:
-    """Drop pairs whose doc is unknown, exact/normalised duplicates, and queries that leak their passage.
+    """Drop pairs whose doc is unknown, exact/normalised duplicates, and synthetic queries that leak their
+    passage verbatim or share no content word with their document.
 
     Labelled and chat pairs come first in ``pairs`` by convention, so a synthetic duplicate of a human
     question is the one dropped. Leak filtering applies to synthetic queries only: a customer's own
@@ -202,9 +219,14 @@ def filter_pairs(pairs: Sequence[QueryPair], chunks_by_doc: dict[str, list[Chunk
         if key in seen:
             report.duplicates += 1
             continue
-        if pair.source == "synthetic" and any(leaks_passage(pair.query, c.text) for c in chunks_by_doc[pair.doc_id]):
-            report.leaks += 1
-            continue
+        if pair.source == "synthetic":
+            passages = [c.text for c in chunks_by_doc[pair.doc_id]]
+            if any(leaks_passage(pair.query, p) for p in passages):
+                report.leaks += 1
+                continue
+            if not on_topic(pair.query, passages):
+                report.off_topic += 1
+                continue
         seen.add(key)
         kept.append(pair)
     report.kept = len(kept)

@@ -1,0 +1,249 @@
+"""LoRA generator training: data handling, template identity, loss masking, a tiny run, resume, DPO, merge."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from core import artifacts
+from core.engine import GenerationEngine
+from core.errors import InvalidInputError
+from core.models import load_generator
+from core.prompt import ContextPassage, build_prompt, load_template
+from core.settings import SAMPLE_DIR, Settings
+from training.generator_data import (
+    ChatExample,
+    RaftConfig,
+    build_rows,
+    clean,
+    infer_refusal,
+    load_chat_jsonl,
+    split,
+    strip_citations,
+)
+from training.generator_recipe import merge_adapter, train_dpo, train_generator
+
+
+def ex(id_: str, question: str, answer: str = "A [doc-a]", doc_ids: tuple[str, ...] = ("doc-a",),
+       history: tuple[tuple[str, str], ...] = ()) -> ChatExample:
+    return ChatExample(id_, history, question, answer, doc_ids, 1)
+
+
+class FixedRetriever:
+    """Stands in for retrieval.search.Retriever: always the same ranked passages (doc-a is the gold one)."""
+
+    class Hit:
+        def __init__(self, doc_id: str, text: str) -> None:
+            self.doc_id, self.text = doc_id, text
+
+        def to_passage(self) -> ContextPassage:
+            return ContextPassage(self.doc_id, self.doc_id.upper(), self.text)
+
+    def search(self, query: str, k: int = 4, filters: dict | None = None) -> list[Hit]:
+        hits = [self.Hit("doc-b", "b text"), self.Hit("doc-c", "c text"), self.Hit("doc-a", "a text"),
+                self.Hit("doc-d", "d text")]
+        if filters:
+            hits = [h for h in hits if h.doc_id in filters["doc_id"]]
+        return hits[:k]
+
+
+@pytest.fixture
+def small_chat_file(tmp_path: Path) -> Path:
+    lines = (SAMPLE_DIR / "chat_train.jsonl").read_text().splitlines()
+    path = tmp_path / "chats.jsonl"
+    path.write_text("\n".join(lines[:36] + lines[-4:]) + "\n")  # 36 grounded chats + 4 refusals
+    return path
+
+
+def test_training_prompts_are_byte_identical_to_serving_prompts(settings: Settings) -> None:
+    _, tokenizer = load_generator(settings)
+    template = load_template(settings)
+    history = (("user", "Hi, how do I sign up?"), ("assistant", "Hi there!\n\nGo to the signup page."))
+    example = ex("e1", "And is there a free trial?", history=history)
+    cfg = RaftConfig(top_k=3, golden_fraction=1.0, no_context_fraction=0.0, seed=0)
+    [row] = build_rows([example], FixedRetriever(), template, tokenizer, cfg, "Sorry.")
+    passages = [h.to_passage() for h in FixedRetriever().search("x", k=3)]
+    serving = build_prompt(template, tokenizer, "And is there a free trial?", passages,
+                           [{"role": r, "content": c} for r, c in history])
+    assert row.prompt == serving
+    assert row.completion == "A [doc-a]" + tokenizer.eos_token
+    assert row.context_doc_ids == ["doc-b", "doc-c", "doc-a"]
+
+
+def test_raft_variants_put_or_remove_the_gold_document(settings: Settings) -> None:
+    _, tokenizer = load_generator(settings)
+    template = load_template(settings)
+    examples = [ex(f"e{i}", f"question {i}?") for i in range(40)]
+    cfg = RaftConfig(top_k=2, golden_fraction=0.5, no_context_fraction=0.25, seed=0)
+    rows = build_rows(examples, FixedRetriever(), template, tokenizer, cfg, "REFUSAL")
+    by_variant = {v: [r for r in rows if r.variant == v] for v in ("gold", "distractors", "no_context")}
+    assert all(by_variant.values()), "every variant occurs"
+    for r in by_variant["gold"]:  # doc-a ranks 3rd, so it is inserted into the top 2
+        assert "doc-a" in r.context_doc_ids and len(r.context_doc_ids) == 2 and r.completion.startswith("A [doc-a]")
+    for r in by_variant["distractors"]:
+        assert "doc-a" not in r.context_doc_ids and r.completion.startswith("REFUSAL")
+    for r in by_variant["no_context"]:
+        assert r.context_doc_ids == [] and "Context documents" not in r.prompt and r.completion.startswith("A<")
+    refusal_example = ex("r", "Can you ship to the moon?", "REFUSAL", ())
+    [row] = build_rows([refusal_example], FixedRetriever(), template, tokenizer, cfg, "REFUSAL")
+    assert row.variant == "distractors"
+
+
+def test_cleaning_removes_empty_exact_and_near_duplicates_but_keeps_follow_ups() -> None:
+    examples = [
+        ex("1", "How do I void a label?"),
+        ex("2", "how do I  void a label?"),                      # exact duplicate after normalising
+        ex("3", "How do I void a label ?", "A [doc-a]"),         # same words: near duplicate
+        ex("4", "How do I void a label?", "Different answer"),   # same question, other answer: kept
+        ex("5", "How do I void a label?", history=(("user", "Hi"), ("assistant", "Hello"))),  # follow-up: kept
+        ex("6", "   "),
+        ex("7", "Ok?", history=(("user", ""), ("assistant", "x"))),
+    ]
+    kept, report = clean(examples)
+    assert [e.id for e in kept] == ["1", "4", "5"]
+    assert (report.exact_duplicates, report.near_duplicates, report.empty_turns) == (1, 1, 2)
+
+
+def test_split_is_deterministic_and_disjoint() -> None:
+    examples = [ex(f"e{i:03d}", f"q{i}") for i in range(100)]
+    first = split(examples, (0.8, 0.1, 0.1), seed=7)
+    again = split(list(reversed(examples)), (0.8, 0.1, 0.1), seed=7)
+    other = split(examples, (0.8, 0.1, 0.1), seed=8)
+    ids = {name: [e.id for e in part] for name, part in first.items()}
+    assert ids == {name: [e.id for e in part] for name, part in again.items()}
+    assert ids != {name: [e.id for e in part] for name, part in other.items()}
+    assert [len(ids[n]) for n in ("train", "validation", "test")] == [80, 10, 10]
+    assert not set(ids["train"]) & set(ids["test"]) and not set(ids["validation"]) & set(ids["test"])
+    with pytest.raises(ValueError, match="sum to 1"):
+        split(examples, (0.8, 0.1, 0.2), seed=0)
+
+
+def test_helpers_strip_citations_and_infer_the_refusal() -> None:
+    assert strip_citations("Go to Settings [billing-plans]. Done [a/b_c-1].") == "Go to Settings. Done."
+    assert infer_refusal([ex("1", "q", "no", ()), ex("2", "q2", "no", ()), ex("3", "q3")]) == "no"
+    assert infer_refusal([ex("3", "q3")]) is None
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("{not json", r":2: invalid JSON"),
+        ('{"messages": []}', r":2: expected an object with a non-empty 'messages' list"),
+        ('{"messages": [{"role": "bot", "content": "x"}]}', r":2: messages\[0\]\.role must be"),
+        ('{"messages": [{"role": "user", "content": "x"}]}', r":2: the last message must be the assistant"),
+        ('{"messages": [{"role": "assistant", "content": "x"}]}', r":2: the assistant answer must follow a user"),
+        ('{"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "x"}]}', r":2: messages\[0\]\.content must be a string"),
+        ('{"doc_ids": "a", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "x"}]}',
+         r":2: 'doc_ids' must be a list"),
+    ],
+)
+def test_malformed_chat_jsonl_names_the_line(tmp_path: Path, line: str, message: str) -> None:
+    path = tmp_path / "chats.jsonl"
+    good = '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}'
+    path.write_text(good + "\n" + line + "\n")
+    with pytest.raises(InvalidInputError, match=r"chats\.jsonl" + message):
+        load_chat_jsonl(path)
+
+
+def test_loss_is_computed_on_the_answer_tokens_only(settings: Settings, small_chat_file: Path) -> None:
+    """Build TRL's own tokenized dataset and check that exactly the completion is unmasked."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    model, tokenizer = load_generator(settings, fresh=True)
+    template = load_template(settings)
+    prompt = build_prompt(template, tokenizer, "How do I void a label?", [ContextPassage("ts-void-label", "Voiding", "Open the shipment.")])
+    completion = "Hi there!\n\nOpen the shipment and click Void label. [ts-void-label]" + tokenizer.eos_token
+    args = SFTConfig(output_dir=str(settings.paths.data_dir / "mask"), completion_only_loss=True, bf16=False,
+                     activation_checkpointing=False, use_cpu=True, report_to=[], max_length=2048)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list([{"prompt": prompt, "completion": completion}]),
+                         processing_class=tokenizer, peft_config=LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    row = trainer.train_dataset[0]
+    ids, labels = row["input_ids"], row["labels"]
+    n_prompt = len(tokenizer(prompt, add_special_tokens=False).input_ids)
+    assert ids[:n_prompt] == tokenizer(prompt, add_special_tokens=False).input_ids
+    assert labels[:n_prompt] == [-100] * n_prompt and all(label != -100 for label in labels[n_prompt:])
+    assert tokenizer.decode([t for t in labels if t != -100]) == completion
+    collated = trainer.data_collator([row])["labels"][0].tolist()
+    assert collated[:n_prompt] == [-100] * n_prompt and collated[n_prompt:] == ids[n_prompt:]
+
+
+def test_tiny_run_lowers_loss_and_writes_a_loadable_adapter(settings: Settings, small_chat_file: Path) -> None:
+    cfg = settings.train_generator.model_copy(update={
+        "chat_files": [small_chat_file], "max_steps": 12, "learning_rate": 3e-3, "per_device_train_batch_size": 4,
+        "eval_steps": 6, "r": 8, "lora_alpha": 16,
+    })
+    artifact = train_generator(settings, cfg)
+    m = artifact.manifest
+    losses = [row["loss"] for row in m["loss_curve"] if "loss" in row]
+    assert len(losses) >= 6 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
+    assert m["global_steps"] == 12 and m["final_validation_loss"] is not None
+    assert 0 < m["trainable_fraction"] < 1 and m["adapter_size_bytes"] > 0
+    assert m["qlora"]["used"] is False and "CUDA" in m["qlora"]["reason"]
+    assert sum(m["data"]["split_sizes"].values()) > 30 and len(m["data_hash"]) == 64
+    assert (artifact.path / "data" / "train.jsonl").is_file() and (artifact.path / "adapter" / "adapter_config.json").is_file()
+
+    engine = GenerationEngine.from_settings(settings)
+    prompt = build_prompt(load_template(settings), engine.tokenizer, "How do I void a label?")
+    base = engine.generate([prompt], max_new_tokens=6)[0].text
+    engine.load_adapter("tuned", artifact.path / "adapter")
+    engine.generate([prompt], adapter="tuned", max_new_tokens=6)
+    assert engine.generate([prompt], max_new_tokens=6)[0].text == base, "adapter off gives the base model back"
+    import torch
+
+    inputs = engine.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad(), engine.model.disable_adapter():
+        base_logits = engine.model(**inputs).logits
+    engine.model.set_adapter("tuned")
+    with torch.no_grad():
+        tuned_logits = engine.model(**inputs).logits
+    assert not torch.allclose(base_logits, tuned_logits, atol=1e-4), "the adapter changes the model"
+
+
+def test_interrupted_run_resumes_from_its_checkpoint(settings: Settings, small_chat_file: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from transformers import Trainer
+
+    cfg = settings.train_generator.model_copy(update={
+        "chat_files": [small_chat_file], "max_steps": 4, "eval_steps": 2, "per_device_train_batch_size": 2})
+    original = Trainer.training_step
+    calls = {"n": 0}
+
+    def interrupt_on_third_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("Ctrl-C")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "training_step", interrupt_on_third_step)
+    with pytest.raises(KeyboardInterrupt):
+        train_generator(settings, cfg)
+    assert artifacts.list_artifacts(settings, "adapter") == [], "no half-written artifact"
+    monkeypatch.setattr(Trainer, "training_step", original)
+    artifact = train_generator(settings, resume="latest")
+    assert artifact.manifest["resumed_from"] == "checkpoint-2" and artifact.manifest["global_steps"] == 4
+    with pytest.raises(Exception, match="no interrupted generator run"):
+        train_generator(settings, resume="latest")
+
+
+def test_dpo_on_top_of_sft_and_merge_export(settings: Settings, small_chat_file: Path, tmp_path: Path) -> None:
+    cfg = settings.train_generator.model_copy(update={
+        "chat_files": [small_chat_file], "max_steps": 2, "per_device_train_batch_size": 2})
+    sft = train_generator(settings, cfg)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("\n".join(json.dumps({
+        "question": q, "chosen": "Hi there!\n\nYes. [billing-plans]\n\n— Parcelly Support", "rejected": "idk lol",
+        "context": [{"doc_id": "billing-plans", "title": "Plans", "text": "Growth costs $49."}]})
+        for q in ("Is Growth $49?", "What does Growth cost?")) + "\n")
+    dpo = train_dpo(settings, pairs, sft, cfg)
+    assert dpo.manifest["stage"] == "dpo" and dpo.manifest["parent"] == sft.id
+    assert (dpo.path / "adapter" / "adapter_model.safetensors").is_file()
+    merged = merge_adapter(settings, dpo, tmp_path / "merged")
+    assert (merged / "config.json").is_file() and (merged / "tokenizer_config.json").is_file()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q", "chosen": "a"}\n')
+    with pytest.raises(InvalidInputError, match=r"bad\.jsonl:1: .*missing \['rejected'\]"):
+        train_dpo(settings, bad, sft, cfg)

@@ -1,0 +1,344 @@
+"""Recipe: LoRA fine-tuning of the generator for tone, format and grounding (RAFT). Reads top to bottom.
+
+    data    -> validate chat JSONL, clean, de-duplicate, seeded 80/10/10 split, RAFT prompts built with
+               the serving template and the real retriever; all stored in the run directory
+    model   -> base generator (4-bit QLoRA when CUDA + bitsandbytes are present, else full precision)
+               with a peft LoraConfig
+    train   -> TRL SFTTrainer, prompt/completion format (loss on the answer only), eval loss each epoch,
+               early stopping, best checkpoint kept; ``resume`` continues an interrupted run
+    save    -> a versioned adapter artifact: peft files + manifest (base model, data hash, split sizes,
+               hyperparameters, loss curve, trainable fraction, adapter size, wall time)
+
+Also here: ``train_dpo`` (TRL DPOTrainer on top of an SFT adapter) and ``merge_adapter`` (export a merged model).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from core import artifacts
+from core.errors import InvalidInputError, NotFoundError
+from core.models import load_embedder, load_generator, resolve_device, resolve_generator
+from core.prompt import ContextPassage, build_prompt, load_template
+from core.settings import GeneratorTrainingSettings, Settings
+from retrieval import index_store
+from retrieval.indexer import update_index
+from retrieval.search import Retriever
+from training.generator_data import (
+    RaftConfig,
+    TrainingRow,
+    build_rows,
+    clean,
+    drop_too_long,
+    infer_refusal,
+    load_chat_jsonl,
+    split,
+)
+
+logger = logging.getLogger(__name__)
+
+DATA_DIR = "data"
+
+
+def training_retriever(settings: Settings, workdir: Path) -> Retriever:
+    """The serving index when one exists, else a private index of the configured sources in ``workdir``."""
+    index_dir = settings.paths.index_dir
+    if index_store.current_version(index_dir) is None:
+        private = settings.model_copy(update={"paths": settings.paths.model_copy(update={"data_dir": workdir})})
+        update_index(private)
+        index_dir = private.paths.index_dir
+    version = index_store.open_version(index_dir)
+    return Retriever(version, load_embedder(settings, version.manifest.embedder_location), settings.retrieval)
+
+
+def qlora_decision(cfg: GeneratorTrainingSettings, device: str) -> tuple[bool, str]:
+    """Whether to load the base in 4 bits, and why (logged and stored in the manifest)."""
+    if cfg.qlora == "off":
+        return False, "qlora=off"
+    if device != "cuda":
+        return False, "QLoRA needs CUDA (bitsandbytes 4-bit on CPU is slower than fp32 for small models); training LoRA on a full-precision base"
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        return False, "bitsandbytes is not installed; training LoRA on a full-precision base"
+    return True, "CUDA and bitsandbytes present: 4-bit NF4 base with LoRA on top"
+
+
+def prepare_data(settings: Settings, cfg: GeneratorTrainingSettings, workdir: Path, tokenizer) -> dict[str, Any]:
+    """Build and store train/validation/test rows in ``workdir/data``; returns the data summary."""
+    examples = [ex for path in cfg.chat_files for ex in load_chat_jsonl(path)]
+    if not examples:
+        raise InvalidInputError(f"no chat examples in {', '.join(map(str, cfg.chat_files))}")
+    cleaned, report = clean(examples, near_duplicate_jaccard=cfg.near_duplicate_jaccard)
+    splits = split(cleaned, cfg.split_fractions, cfg.seed)
+    if len(splits["train"]) < 2 or not splits["validation"]:
+        raise InvalidInputError(
+            f"generator training needs at least 2 training and 1 validation example after cleaning; got "
+            f"{len(splits['train'])} and {len(splits['validation'])} from {len(examples)} examples"
+        )
+    template = load_template(settings)
+    retriever = training_retriever(settings, workdir)
+    refusal = cfg.refusal_answer or infer_refusal(cleaned)
+    raft = RaftConfig(settings.retrieval.top_k, cfg.golden_fraction, cfg.no_context_fraction, cfg.seed)
+    rows: dict[str, list[TrainingRow]] = {
+        "train": build_rows(splits["train"], retriever, template, tokenizer, raft, refusal),
+        "validation": build_rows(splits["validation"], retriever, template, tokenizer, raft, refusal),
+        # The test split is scored base-vs-adapted with the same retrieved context: always the gold variant.
+        "test": build_rows([e for e in splits["test"] if e.doc_ids], retriever, template, tokenizer, raft, refusal,
+                           variant="gold"),
+    }
+    too_long = 0
+    for name in rows:
+        rows[name], dropped = drop_too_long(rows[name], tokenizer, cfg.max_length)
+        too_long += dropped
+    report.too_long = too_long
+    out = workdir / DATA_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    for name, items in rows.items():
+        with (out / f"{name}.jsonl").open("w", encoding="utf-8") as fh:
+            for row in items:
+                fh.write(json.dumps(row.to_json(), ensure_ascii=False) + "\n")
+    summary = {
+        "sources": [str(p) for p in cfg.chat_files],
+        "cleaning": asdict(report),
+        "split_sizes": {name: len(items) for name, items in rows.items()},
+        "variants": {name: dict(Counter(r.variant for r in items)) for name, items in rows.items()},
+        "refusal_answer": refusal,
+        "data_hash": artifacts.data_hash(r.to_json() for name in ("train", "validation", "test") for r in rows[name]),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def read_rows(workdir: Path, name: str) -> list[dict]:
+    path = workdir / DATA_DIR / f"{name}.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _latest_checkpoint(workdir: Path) -> Path | None:
+    checkpoints = sorted((workdir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return checkpoints[-1] if checkpoints else None
+
+
+def find_resumable_run(settings: Settings, run_id: str) -> str:
+    """``latest`` or a run id -> the id of an interrupted run that has a checkpoint."""
+    runs_root = artifacts.kind_dir(settings, "adapter") / ".runs"
+    candidates = sorted((p for p in runs_root.glob("adapter-*") if _latest_checkpoint(p)), key=lambda p: p.name)
+    if run_id == "latest" and candidates:
+        return candidates[-1].name
+    if any(p.name == run_id for p in candidates):
+        return run_id
+    raise NotFoundError(f"no interrupted generator run {run_id!r} with a checkpoint; resumable: "
+                        f"{', '.join(p.name for p in candidates) or 'none'}")
+
+
+def _dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def train_generator(settings: Settings, cfg: GeneratorTrainingSettings | None = None, *,
+                    resume: str | None = None) -> artifacts.Artifact:
+    """Run the SFT recipe (or resume an interrupted run) and return the adapter artifact.
+
+    Raises:
+        InvalidInputError: malformed or too little data (names the file and line).
+        NotFoundError: ``resume`` names no interrupted run.
+    """
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, EarlyStoppingCallback
+    from trl import SFTConfig, SFTTrainer
+
+    began = time.perf_counter()
+    cfg = cfg or settings.train_generator
+
+    # --- data (a resumed run reuses the data and config stored with it)
+    if resume:
+        artifact_id = find_resumable_run(settings, resume)
+        workdir = artifacts.run_dir(settings, "adapter", artifact_id)
+        cfg = GeneratorTrainingSettings.model_validate_json((workdir / "config.json").read_text())
+    else:
+        artifact_id = artifacts.new_artifact_id("adapter")
+        workdir = artifacts.run_dir(settings, "adapter", artifact_id)
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(cfg.model_dump_json(indent=2))
+    base = resolve_generator(settings)
+    _, tokenizer = load_generator(settings, fresh=True)
+    tokenizer.padding_side = "right"
+    summary = (json.loads((workdir / DATA_DIR / "summary.json").read_text()) if resume
+               else prepare_data(settings, cfg, workdir, tokenizer))
+    train_rows, val_rows = read_rows(workdir, "train"), read_rows(workdir, "validation")
+    to_dataset = lambda rows: Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])  # noqa: E731
+
+    # --- model
+    device = resolve_device(settings)
+    use_4bit, qlora_reason = qlora_decision(cfg, device)
+    logger.info("QLoRA: %s", qlora_reason)
+    quantization = None
+    if use_4bit:
+        from transformers import BitsAndBytesConfig
+
+        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                          bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_use_double_quant=True)
+        model = AutoModelForCausalLM.from_pretrained(base.location, quantization_config=quantization, dtype=torch.bfloat16)
+    else:
+        model, _ = load_generator(settings, fresh=True)
+        model.train()
+    lora = LoraConfig(r=cfg.r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=cfg.target_modules, task_type="CAUSAL_LM")
+
+    # --- train
+    strategy = "steps" if cfg.eval_steps else "epoch"
+    on_cpu = device == "cpu"
+    args = SFTConfig(
+        output_dir=str(workdir / "checkpoints"),
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        per_device_eval_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        max_length=cfg.max_length,
+        completion_only_loss=True,
+        eval_strategy=strategy,
+        save_strategy=strategy,
+        eval_steps=cfg.eval_steps,
+        save_steps=cfg.eval_steps,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        save_total_limit=2,
+        logging_steps=1 if cfg.max_steps and 0 < cfg.max_steps <= 20 else 5,
+        seed=cfg.seed,
+        report_to=[],
+        use_cpu=on_cpu,
+        # bf16 and activation (gradient) checkpointing make a CPU step ~20x slower.
+        bf16=not on_cpu,
+        activation_checkpointing=not on_cpu,
+        dataloader_num_workers=0,
+    )
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=to_dataset(train_rows), eval_dataset=to_dataset(val_rows),
+        processing_class=tokenizer, peft_config=lora,
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience)],
+    )
+    checkpoint = _latest_checkpoint(workdir) if resume else None
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    final_eval = trainer.evaluate()
+
+    # --- save
+    trainer.model.save_pretrained(str(workdir / "adapter"))
+    trainable, total = trainer.model.get_nb_trainable_parameters()
+    history = [{k: v for k, v in row.items() if isinstance(v, int | float)} for row in trainer.state.log_history]
+    train_losses = [row["loss"] for row in history if "loss" in row]
+    manifest = {
+        "created_at": artifacts.utc_now(),
+        "stage": "sft",
+        "base_model": {"spec": base.spec, "location": base.location},
+        "data_hash": summary["data_hash"],
+        "data": summary,
+        "hyperparameters": cfg.model_dump(mode="json"),
+        "qlora": {"used": use_4bit, "reason": qlora_reason},
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "trainable_fraction": trainable / total,
+        "adapter_size_bytes": _dir_size(workdir / "adapter"),
+        "final_train_loss": train_losses[-1] if train_losses else None,
+        "final_validation_loss": final_eval.get("eval_loss"),
+        "best_checkpoint": trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name,
+        "global_steps": trainer.state.global_step,
+        "resumed_from": checkpoint.name if checkpoint else None,
+        "loss_curve": history,
+        "wall_time_s": round(time.perf_counter() - began, 1),
+    }
+    artifact = artifacts.finalize(settings, "adapter", artifact_id, manifest, keep=["adapter", DATA_DIR])
+    logger.info("adapter artifact %s written to %s", artifact.id, artifact.path)
+    return artifact
+
+
+def load_dpo_pairs(path: Path) -> list[dict[str, Any]]:
+    """``{"question", "chosen", "rejected", "context"?: [{"doc_id","title","text"}]}`` per line."""
+    if not path.is_file():
+        raise InvalidInputError(f"{path}: no such file")
+    pairs = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InvalidInputError(f"{path}:{n}: invalid JSON ({exc.msg})") from None
+        missing = [k for k in ("question", "chosen", "rejected") if not isinstance(row.get(k), str) or not row[k].strip()]
+        if missing:
+            raise InvalidInputError(f"{path}:{n}: a preference pair needs 'question', 'chosen' and 'rejected'; missing {missing}")
+        try:
+            context = [ContextPassage(**p) for p in row["context"]] if row.get("context") is not None else None
+        except TypeError:
+            raise InvalidInputError(f"{path}:{n}: 'context' must be a list of {{doc_id, title, text}}") from None
+        pairs.append({"question": row["question"], "chosen": row["chosen"], "rejected": row["rejected"], "context": context})
+    if len(pairs) < 2:
+        raise InvalidInputError(f"{path}: DPO needs at least 2 preference pairs, got {len(pairs)}")
+    return pairs
+
+
+def train_dpo(settings: Settings, pairs_file: Path, sft: artifacts.Artifact,
+              cfg: GeneratorTrainingSettings | None = None) -> artifacts.Artifact:
+    """Preference-tune an SFT adapter with TRL's DPOTrainer; the frozen base (adapter off) is the reference."""
+    from datasets import Dataset
+    from peft import PeftModel
+    from trl import DPOConfig, DPOTrainer
+
+    began = time.perf_counter()
+    cfg = cfg or settings.train_generator
+    pairs = load_dpo_pairs(pairs_file)
+    model, tokenizer = load_generator(settings, fresh=True)
+    tokenizer.padding_side = "right"
+    template = load_template(settings)
+    rows = [{"prompt": build_prompt(template, tokenizer, p["question"], p["context"]),
+             "chosen": p["chosen"] + tokenizer.eos_token, "rejected": p["rejected"] + tokenizer.eos_token} for p in pairs]
+    model = PeftModel.from_pretrained(model, str(sft.path / "adapter"), is_trainable=True)
+    artifact_id = artifacts.new_artifact_id("adapter")
+    workdir = artifacts.run_dir(settings, "adapter", artifact_id)
+    on_cpu = resolve_device(settings) == "cpu"
+    args = DPOConfig(
+        output_dir=str(workdir / "checkpoints"), beta=cfg.dpo_beta, num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps, per_device_train_batch_size=min(cfg.per_device_train_batch_size, len(rows)),
+        learning_rate=cfg.learning_rate / 10, max_length=cfg.max_length, logging_steps=1, save_strategy="no",
+        report_to=[], use_cpu=on_cpu, bf16=not on_cpu, activation_checkpointing=False, seed=cfg.seed,
+    )
+    trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=Dataset.from_list(rows),
+                         processing_class=tokenizer)
+    trainer.train()
+    trainer.model.save_pretrained(str(workdir / "adapter"))
+    history = [{k: v for k, v in row.items() if isinstance(v, int | float)} for row in trainer.state.log_history]
+    manifest = {
+        "created_at": artifacts.utc_now(), "stage": "dpo", "parent": sft.id,
+        "base_model": sft.manifest.get("base_model"),
+        "data_hash": artifacts.data_hash(rows), "data": {"sources": [str(pairs_file)], "pairs": len(rows)},
+        "hyperparameters": cfg.model_dump(mode="json"), "adapter_size_bytes": _dir_size(workdir / "adapter"),
+        "loss_curve": history, "global_steps": trainer.state.global_step,
+        "wall_time_s": round(time.perf_counter() - began, 1),
+    }
+    return artifacts.finalize(settings, "adapter", artifact_id, manifest, keep=["adapter"])
+
+
+def merge_adapter(settings: Settings, adapter: artifacts.Artifact, out_dir: Path) -> Path:
+    """Write base + adapter merged into one model folder (usable as ``models.generator``)."""
+    from peft import PeftModel
+
+    model, tokenizer = load_generator(settings, fresh=True)
+    merged = PeftModel.from_pretrained(model, str(adapter.path / "adapter")).merge_and_unload()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(str(out_dir))
+    tokenizer.padding_side = "left"
+    tokenizer.save_pretrained(str(out_dir))
+    (out_dir / "tunerag-merge.json").write_text(json.dumps({"adapter": adapter.id, "base_model": adapter.manifest.get("base_model")}, indent=2))
+    return out_dir
