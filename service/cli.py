@@ -137,14 +137,14 @@ def search(
     query: Annotated[str, typer.Argument(help="What to look for.")],
     k: Annotated[int, typer.Option("-k", help="Number of results.", min=1)] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    mode: Annotated[str, typer.Option(help="hybrid | dense | bm25")] = "hybrid",
+    mode: Annotated[str | None, typer.Option(help="dense | bm25 | hybrid (default: retrieval.search_mode)")] = None,
 ) -> None:
-    """Search the index (hybrid dense + BM25 by default)."""
+    """Search the index (dense by default; BM25 and hybrid reciprocal-rank fusion on request)."""
     from core.models import load_embedder
     from retrieval.index_store import open_version
     from retrieval.search import Retriever
 
-    if mode not in ("dense", "bm25", "hybrid"):
+    if mode is not None and mode not in ("dense", "bm25", "hybrid"):
         raise TuneragError(f"--mode must be one of dense, bm25, hybrid; got {mode!r}")
     settings = _settings(ctx)
     version = open_version(settings.paths.index_dir)

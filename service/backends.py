@@ -1,0 +1,215 @@
+"""Generation backends behind one small interface, used by the chat service.
+
+* ``LocalBackend``: the in-process transformers + peft engine. Concurrent requests are collected for up
+  to ``generation.batch_wait_ms`` and decoded as one padded batch (decode on CPU is memory-bound, so a
+  batch costs little more than one answer). Model work runs in a worker thread, never on the event loop.
+* ``OpenAIBackend``: any OpenAI-compatible completions server (e.g. vLLM with LoRA adapters served as
+  model names). Prompts are rendered here by :mod:`core.prompt`, so the template stays the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import anyio
+from prometheus_client import Counter, Gauge, Histogram
+
+from core.engine import GenerationEngine
+from core.errors import NotFoundError, TuneragError
+from core.generation import Generation
+from core.settings import GenerationSettings
+
+logger = logging.getLogger(__name__)
+
+TOKENS_GENERATED = Counter("tunerag_tokens_generated_total", "Tokens generated", ["adapter"])
+QUEUE_DEPTH = Gauge("tunerag_generation_queue_depth", "Requests waiting for the generator")
+BATCH_SIZE = Histogram("tunerag_generation_batch_size", "Prompts per generate call", buckets=(1, 2, 4, 8, 16, 32))
+
+
+class BackendError(TuneragError):
+    status_code = 502
+
+
+class GenerationBackend(Protocol):
+    async def generate(self, prompt: str, adapter: str | None, max_new_tokens: int | None,
+                       temperature: float | None) -> Generation: ...
+
+    def stream(self, prompt: str, adapter: str | None, max_new_tokens: int | None,
+               temperature: float | None) -> AsyncIterator[str]: ...
+
+    async def load_adapter(self, name: str, path: Path) -> None: ...
+
+    def loaded_adapters(self) -> list[str]: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass
+class _Pending:
+    prompt: str
+    key: tuple[str | None, int | None, float | None]
+    future: asyncio.Future[Generation] = field(repr=False)
+
+
+class LocalBackend:
+    """In-process engine with dynamic batching.
+
+    Args:
+        engine: the shared generation engine.
+        config: ``batch_size`` caps a batch; ``batch_wait_ms`` is how long the first request waits for company.
+        batching: False sends each request alone (the benchmark's baseline).
+    """
+
+    def __init__(self, engine: GenerationEngine, config: GenerationSettings, *, batching: bool = True) -> None:
+        self.engine, self.config, self.batching = engine, config, batching
+        self._queue: asyncio.Queue[_Pending] | None = None
+        self._worker: asyncio.Task[None] | None = None
+
+    def _ensure_worker(self) -> asyncio.Queue[_Pending]:
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+            self._worker = asyncio.create_task(self._run(), name="tunerag-batcher")
+        return self._queue
+
+    async def generate(self, prompt: str, adapter: str | None, max_new_tokens: int | None,
+                       temperature: float | None) -> Generation:
+        if adapter is not None and adapter not in self.engine.adapters:
+            raise NotFoundError(f"adapter {adapter!r} is not loaded")
+        future: asyncio.Future[Generation] = asyncio.get_running_loop().create_future()
+        self._ensure_worker().put_nowait(_Pending(prompt, (adapter, max_new_tokens, temperature), future))
+        QUEUE_DEPTH.inc()
+        return await future
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            if self.batching:
+                deadline = time.monotonic() + self.config.batch_wait_ms / 1000
+                while len(batch) < self.config.batch_size:
+                    timeout = deadline - time.monotonic()
+                    if timeout <= 0:
+                        break
+                    try:
+                        batch.append(await asyncio.wait_for(self._queue.get(), timeout))
+                    except asyncio.TimeoutError:
+                        break
+            QUEUE_DEPTH.dec(len(batch))
+            # Requests with different adapters or decoding settings cannot share one generate call.
+            groups: dict[tuple, list[_Pending]] = {}
+            for item in batch:
+                groups.setdefault(item.key, []).append(item)
+            for (adapter, max_new, temperature), items in groups.items():
+                live = [i for i in items if not i.future.cancelled()]
+                if not live:
+                    continue
+                BATCH_SIZE.observe(len(live))
+                try:
+                    results = await anyio.to_thread.run_sync(functools.partial(
+                        self.engine.generate, [i.prompt for i in live], adapter,
+                        max_new_tokens=max_new, temperature=temperature))
+                except Exception as exc:  # delivered to every waiting request
+                    for item in live:
+                        if not item.future.done():
+                            item.future.set_exception(exc)
+                    continue
+                for item, result in zip(live, results, strict=True):
+                    TOKENS_GENERATED.labels(adapter or "base").inc(result.completion_tokens)
+                    if not item.future.done():
+                        item.future.set_result(result)
+
+    async def stream(self, prompt: str, adapter: str | None, max_new_tokens: int | None,
+                     temperature: float | None) -> AsyncIterator[str]:
+        if adapter is not None and adapter not in self.engine.adapters:
+            raise NotFoundError(f"adapter {adapter!r} is not loaded")
+        send, receive = anyio.create_memory_object_stream[str | None](max_buffer_size=1024)
+
+        def produce() -> None:
+            count = 0
+            try:
+                for piece in self.engine.stream(prompt, adapter, max_new_tokens=max_new_tokens, temperature=temperature):
+                    count += 1
+                    anyio.from_thread.run(send.send, piece)
+            finally:
+                TOKENS_GENERATED.labels(adapter or "base").inc(count)
+                anyio.from_thread.run(send.send, None)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(anyio.to_thread.run_sync, produce)
+            async with receive:
+                async for piece in receive:
+                    if piece is None:
+                        break
+                    yield piece
+
+    async def load_adapter(self, name: str, path: Path) -> None:
+        await anyio.to_thread.run_sync(self.engine.load_adapter, name, path)
+
+    def loaded_adapters(self) -> list[str]:
+        return sorted(self.engine.adapters)
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+
+
+class OpenAIBackend:
+    """An OpenAI-compatible ``/v1/completions`` server; ``adapter`` (or ``base_model``) is the model name."""
+
+    def __init__(self, base_url: str, api_key: str | None, base_model: str, config: GenerationSettings) -> None:
+        import httpx
+
+        self.base_model, self.config = base_model, config
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers, timeout=120)
+        self._adapters: set[str] = set()
+
+    def _payload(self, prompt: str, adapter: str | None, max_new_tokens: int | None, temperature: float | None,
+                 stream: bool) -> dict:
+        return {"model": adapter or self.base_model, "prompt": prompt, "stream": stream,
+                "max_tokens": max_new_tokens or self.config.max_new_tokens,
+                "temperature": self.config.temperature if temperature is None else temperature}
+
+    async def generate(self, prompt: str, adapter: str | None, max_new_tokens: int | None,
+                       temperature: float | None) -> Generation:
+        began = time.perf_counter()
+        response = await self._client.post("/v1/completions",
+                                           json=self._payload(prompt, adapter, max_new_tokens, temperature, False))
+        if response.status_code >= 400:
+            raise BackendError(f"generation backend answered {response.status_code}: {response.text[:200]}")
+        body = response.json()
+        usage = body.get("usage", {})
+        return Generation(body["choices"][0]["text"].strip(), int(usage.get("prompt_tokens", 0)),
+                          int(usage.get("completion_tokens", 0)), time.perf_counter() - began)
+
+    async def stream(self, prompt: str, adapter: str | None, max_new_tokens: int | None,
+                     temperature: float | None) -> AsyncIterator[str]:
+        payload = self._payload(prompt, adapter, max_new_tokens, temperature, True)
+        async with self._client.stream("POST", "/v1/completions", json=payload) as response:
+            if response.status_code >= 400:
+                raise BackendError(f"generation backend answered {response.status_code}")
+            async for line in response.aiter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    yield json.loads(line[6:])["choices"][0].get("text", "")
+
+    async def load_adapter(self, name: str, path: Path) -> None:
+        # The remote server loads adapters itself (vLLM: --lora-modules name=path); we only record the name.
+        self._adapters.add(name)
+
+    def loaded_adapters(self) -> list[str]:
+        return sorted(self._adapters)
+
+    async def close(self) -> None:
+        await self._client.aclose()

@@ -1,0 +1,169 @@
+"""Answering a customer: choose the mode's pieces, retrieve, build the prompt, generate, cite.
+
+Modes (the same four the evaluation compares):
+  prompt    base generator, style system prompt with few-shot examples, no retrieval
+  rag       base generator + retrieved context
+  ft        active adapter, no retrieval
+  combined  active adapter + retrieved context (the default)
+
+When no adapter is active, ``ft`` and ``combined`` fall back to the base generator and say so in
+``notes``; the response always reports the adapter and index versions actually used.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import anyio
+
+from core.errors import InvalidInputError
+from core.prompt import Message, build_prompt, load_template
+from retrieval.search import Retriever, SearchResult
+from service.state import ServiceState
+
+Mode = Literal["combined", "rag", "ft", "prompt"]
+MODES: tuple[Mode, ...] = ("combined", "rag", "ft", "prompt")
+CITATION = re.compile(r"\[([A-Za-z0-9][A-Za-z0-9_./-]*)\]")
+
+
+@dataclass
+class Plan:
+    """The pieces one answer will use, fixed when the request starts."""
+
+    mode: Mode
+    adapter: str | None
+    retriever: Retriever | None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Answer:
+    text: str
+    mode: Mode
+    adapter: str | None
+    index_version: str | None
+    embedder: str | None
+    sources: list[dict[str, Any]]
+    cited_doc_ids: list[str]
+    prompt_tokens: int
+    completion_tokens: int
+    timings_ms: dict[str, float]
+    notes: list[str]
+    prompt: str
+
+
+def plan(state: ServiceState, mode: str, adapter: str | None = None) -> Plan:
+    """Resolve a mode (and optionally an explicit adapter) against what is loaded right now."""
+    if mode not in MODES:
+        raise InvalidInputError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    notes: list[str] = []
+    use_adapter = mode in ("ft", "combined")
+    chosen = adapter if adapter is not None else (state.active_adapter if use_adapter else None)
+    if use_adapter and chosen is None:
+        notes.append(f"mode {mode}: no fine-tuned adapter is active, answering with the base generator")
+    retriever = state.retriever if mode in ("rag", "combined") else None
+    if mode in ("rag", "combined") and retriever is None:
+        raise InvalidInputError("retrieval is not available: no index is loaded")
+    if mode == "combined" and not state.embedder_is_finetuned():
+        notes.append("mode combined: the index uses the base embedder (no fine-tuned embedder is active)")
+    return Plan(mode, chosen, retriever, notes)  # type: ignore[arg-type]
+
+
+def cited_ids(text: str, allowed: Sequence[str]) -> list[str]:
+    """Doc ids cited as ``[doc-id]`` in ``text`` that were in the context, in order of first citation."""
+    allowed_set = set(allowed)
+    seen: dict[str, None] = {}
+    for match in CITATION.finditer(text):
+        if match.group(1) in allowed_set:
+            seen.setdefault(match.group(1), None)
+    return list(seen)
+
+
+def _source(r: SearchResult) -> dict[str, Any]:
+    return {"doc_id": r.doc_id, "title": r.title, "heading_path": list(r.heading_path),
+            "snippet": " ".join(r.text.split())[:240], "score": round(r.score, 4), "chunk_id": r.chunk_id}
+
+
+class ChatService:
+    """Retrieval + prompt + generation for one turn. Stateless; the controller stores the conversation."""
+
+    def __init__(self, state: ServiceState) -> None:
+        self.state = state
+        self.template = load_template(state.settings)
+
+    async def _retrieve(self, retriever: Retriever | None, question: str, top_k: int | None,
+                        filters: dict[str, Any] | None) -> list[SearchResult] | None:
+        if retriever is None:
+            return None
+        return await anyio.to_thread.run_sync(lambda: retriever.search(question, k=top_k, filters=filters))
+
+    def _prompt(self, p: Plan, question: str, results: list[SearchResult] | None, history: Sequence[Message]) -> str:
+        passages = [r.to_passage() for r in results] if results is not None else None
+        return build_prompt(self.template, self.state.tokenizer, question, passages, history,
+                            with_examples=p.mode == "prompt")
+
+    async def prepare(self, question: str, history: Sequence[Message], mode: str, top_k: int | None,
+                      filters: dict[str, Any] | None, adapter: str | None = None) -> tuple[Plan, list[SearchResult] | None, str, float]:
+        if not question or not question.strip():
+            raise InvalidInputError("question must not be empty")
+        p = plan(self.state, mode, adapter)
+        began = time.perf_counter()
+        results = await self._retrieve(p.retriever, question, top_k, filters)
+        retrieval_ms = (time.perf_counter() - began) * 1000
+        return p, results, self._prompt(p, question, results, history), retrieval_ms
+
+    def _answer(self, p: Plan, results: list[SearchResult] | None, prompt: str, text: str, prompt_tokens: int,
+                completion_tokens: int, timings: dict[str, float]) -> Answer:
+        context_ids = [r.doc_id for r in results or []]
+        cited = cited_ids(text, context_ids)
+        # Cited documents first, then the rest of what was retrieved.
+        ordered = sorted(results or [], key=lambda r: (r.doc_id not in cited, cited.index(r.doc_id) if r.doc_id in cited else 0))
+        version = p.retriever.version if p.retriever else None
+        return Answer(text, p.mode, p.adapter, version.name if version else None,
+                      version.manifest.embedder_id if version else None, [_source(r) for r in ordered], cited,
+                      prompt_tokens, completion_tokens, {k: round(v, 1) for k, v in timings.items()},
+                      p.notes, prompt)
+
+    async def answer(self, question: str, history: Sequence[Message] = (), mode: str = "combined",
+                     top_k: int | None = None, filters: dict[str, Any] | None = None, *,
+                     adapter: str | None = None, max_new_tokens: int | None = None,
+                     temperature: float | None = None) -> Answer:
+        began = time.perf_counter()
+        p, results, prompt, retrieval_ms = await self.prepare(question, history, mode, top_k, filters, adapter)
+        gen_began = time.perf_counter()
+        out = await self.state.backend.generate(prompt, p.adapter, max_new_tokens, temperature)
+        generation_ms = (time.perf_counter() - gen_began) * 1000
+        return self._answer(p, results, prompt, out.text, out.prompt_tokens, out.completion_tokens,
+                            {"retrieval": retrieval_ms, "generation": generation_ms,
+                             "total": (time.perf_counter() - began) * 1000})
+
+    async def stream(self, question: str, history: Sequence[Message] = (), mode: str = "combined",
+                     top_k: int | None = None, filters: dict[str, Any] | None = None, *,
+                     adapter: str | None = None, max_new_tokens: int | None = None,
+                     temperature: float | None = None) -> tuple[Plan, AsyncIterator[str | Answer]]:
+        """Plan and retrieve now (so errors surface before streaming starts); yield text pieces, then the Answer."""
+        began = time.perf_counter()
+        p, results, prompt, retrieval_ms = await self.prepare(question, history, mode, top_k, filters, adapter)
+
+        async def pieces() -> AsyncIterator[str | Answer]:
+            parts: list[str] = []
+            first_token_ms = None
+            gen_began = time.perf_counter()
+            async for piece in self.state.backend.stream(prompt, p.adapter, max_new_tokens, temperature):
+                if first_token_ms is None:
+                    first_token_ms = (time.perf_counter() - began) * 1000
+                parts.append(piece)
+                yield piece
+            text = "".join(parts).strip()
+            tokenizer = self.state.tokenizer
+            prompt_tokens = len(tokenizer(prompt, add_special_tokens=False).input_ids)
+            completion_tokens = len(tokenizer(text, add_special_tokens=False).input_ids)
+            yield self._answer(p, results, prompt, text, prompt_tokens, completion_tokens, {
+                "retrieval": retrieval_ms, "first_token": first_token_ms or 0.0,
+                "generation": (time.perf_counter() - gen_began) * 1000, "total": (time.perf_counter() - began) * 1000})
+
+        return p, pieces()

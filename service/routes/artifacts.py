@@ -1,0 +1,73 @@
+"""Adapter and embedder versions: list with manifests, activate (hot swap, no restart)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, get, post
+
+from core import artifacts
+from service.auth import requires
+from service.db import Job
+from service.jobs import JobRunner
+from service.routes.documents import start_index_job
+from service.schemas import ArtifactOut, JobDTO
+from service.state import ServiceState
+
+# Manifest keys too large for a listing (full loss curves, training logs).
+_BULKY = ("loss_curve", "log_history")
+
+
+def _out(artifact: artifacts.Artifact, active: str | None, loaded: list[str], full: bool) -> ArtifactOut:
+    manifest = artifact.manifest if full else {k: v for k, v in artifact.manifest.items() if k not in _BULKY}
+    return ArtifactOut(artifact.id, artifact.kind, artifact.id == active, artifact.id in loaded, manifest)
+
+
+class ArtifactController(Controller):
+    path = "/v1"
+    tags = ["artifacts"]
+    guards = [requires("admin")]
+
+    @get("/adapters", summary="LoRA adapter versions with their manifests.")
+    async def adapters(self, service_state: ServiceState) -> list[ArtifactOut]:
+        loaded = service_state.backend.loaded_adapters()
+        return [_out(a, service_state.active_adapter, loaded, False)
+                for a in artifacts.list_artifacts(service_state.settings, "adapter")]
+
+    @get("/adapters/{adapter_id:str}", summary="One adapter with its full manifest.")
+    async def adapter(self, adapter_id: str, service_state: ServiceState) -> ArtifactOut:
+        artifact = artifacts.get_artifact(service_state.settings, "adapter", adapter_id)
+        return _out(artifact, service_state.active_adapter, service_state.backend.loaded_adapters(), True)
+
+    @post("/adapters/{adapter_id:str}/activate", summary="Switch the serving adapter (use 'base' for none).",
+          status_code=200)
+    async def activate_adapter(self, adapter_id: str, service_state: ServiceState) -> dict[str, Any]:
+        await service_state.activate_adapter(None if adapter_id == "base" else adapter_id)
+        return {"active_adapter": service_state.active_adapter}
+
+    @get("/embedders", summary="Fine-tuned embedder versions with their manifests.")
+    async def embedders(self, service_state: ServiceState) -> list[ArtifactOut]:
+        active = artifacts.active_id(service_state.settings, "embedder")
+        return [_out(a, active, [], False) for a in artifacts.list_artifacts(service_state.settings, "embedder")]
+
+    @post("/embedders/{embedder_id:str}/activate", status_code=202, return_dto=JobDTO,
+          summary="Rebuild the index with this embedder ('base' for the configured one), then swap it in.")
+    async def activate_embedder(self, embedder_id: str, service_state: ServiceState, job_runner: JobRunner) -> Job:
+        settings = service_state.settings
+        if embedder_id == "base":
+            target_id, location = None, None
+        else:
+            artifact = artifacts.get_artifact(settings, "embedder", embedder_id)
+            target_id, location = artifact.id, str(artifact.path / "model")
+
+        async def mark_active() -> None:
+            artifacts.activate(settings, "embedder", target_id)
+
+        def base_location() -> str:
+            from core.models import resolve_embedder
+
+            return resolve_embedder(settings).location
+
+        return await start_index_job(job_runner, service_state, "embedder.activate", rebuild=True,
+                                     embedder_location=location or base_location(),
+                                     params={"embedder": embedder_id}, after=mark_active)

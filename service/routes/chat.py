@@ -1,0 +1,122 @@
+"""Support chat: ``POST /v1/chat`` (JSON or SSE), conversation history and feedback."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from litestar import Controller, Request, Response, get, post
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.response import ServerSentEvent
+from msgspec import to_builtins
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from core.errors import NotFoundError
+from core.prompt import Message as PromptMessage
+from service.auth import key_id, presented_key, requires
+from service.chat import Answer, ChatService
+from service.db import Conversation, Feedback, Message
+from service.schemas import ChatRequest, ChatResponse, FeedbackRequest, FeedbackResponse, Source, Usage
+
+HISTORY_TURNS = 6  # earlier messages sent back to the model with a follow-up question
+
+
+async def load_history(sessions: async_sessionmaker[AsyncSession], conversation_id: uuid.UUID | None) -> list[PromptMessage]:
+    if conversation_id is None:
+        return []
+    async with sessions() as session:
+        conversation = await session.get(Conversation, conversation_id)
+        if conversation is None:
+            raise NotFoundError(f"conversation {conversation_id} not found")
+        return [{"role": m.role, "content": m.content} for m in conversation.messages][-HISTORY_TURNS:]
+
+
+async def store_turn(sessions: async_sessionmaker[AsyncSession], conversation_id: uuid.UUID | None, question: str,
+                     answer: Answer, api_key: str | None) -> tuple[uuid.UUID, uuid.UUID]:
+    details = {"mode": answer.mode, "adapter": answer.adapter, "index_version": answer.index_version,
+               "embedder": answer.embedder, "sources": answer.sources, "cited_doc_ids": answer.cited_doc_ids,
+               "usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens},
+               "timings_ms": answer.timings_ms, "notes": answer.notes}
+    async with sessions() as session, session.begin():
+        if conversation_id is None:
+            conversation = Conversation(api_key_id=key_id(api_key) if api_key else None)
+            session.add(conversation)
+            await session.flush()
+            conversation_id = conversation.id
+        session.add(Message(conversation_id=conversation_id, role="user", content=question))
+        reply = Message(conversation_id=conversation_id, role="assistant", content=answer.text, details=details)
+        session.add(reply)
+        await session.flush()
+        return conversation_id, reply.id
+
+
+def response_for(answer: Answer, conversation_id: uuid.UUID, message_id: uuid.UUID) -> ChatResponse:
+    return ChatResponse(
+        conversation_id=conversation_id, message_id=message_id, answer=answer.text, mode=answer.mode,
+        adapter=answer.adapter, index_version=answer.index_version, embedder=answer.embedder,
+        sources=[Source(**s) for s in answer.sources], cited_doc_ids=answer.cited_doc_ids,
+        usage=Usage(answer.prompt_tokens, answer.completion_tokens), timings_ms=answer.timings_ms, notes=answer.notes,
+    )
+
+
+class ChatController(Controller):
+    path = "/v1"
+    tags = ["chat"]
+    guards = [requires("chat")]
+
+    @post("/chat", summary="Answer a customer question (set stream=true for Server-Sent Events).", status_code=200,
+          responses={200: ResponseSpec(data_container=ChatResponse, description="The answer, or with stream=true an "
+                                       "event stream of `token` events and a final `done` event with this body.")})
+    async def chat(self, data: ChatRequest, chat_service: ChatService, sessions: async_sessionmaker[AsyncSession],
+                   request: Request) -> Response[Any]:
+        history = await load_history(sessions, data.conversation_id)
+        api_key = presented_key(request)
+        kwargs = {"mode": data.mode, "top_k": data.top_k, "filters": data.filters,
+                  "max_new_tokens": data.max_tokens, "temperature": data.temperature}
+        if not data.stream:
+            answer = await chat_service.answer(data.question, history, **kwargs)
+            conversation_id, message_id = await store_turn(sessions, data.conversation_id, data.question, answer, api_key)
+            return Response(response_for(answer, conversation_id, message_id))
+
+        _, pieces = await chat_service.stream(data.question, history, **kwargs)
+
+        async def events() -> AsyncIterator[dict[str, str]]:
+            async for piece in pieces:
+                if isinstance(piece, Answer):
+                    conversation_id, message_id = await store_turn(sessions, data.conversation_id, data.question,
+                                                                   piece, api_key)
+                    final = response_for(piece, conversation_id, message_id)
+                    yield {"event": "done", "data": json.dumps(to_builtins(final))}
+                else:
+                    yield {"event": "token", "data": json.dumps({"text": piece})}
+
+        return ServerSentEvent(events())
+
+    @get("/conversations/{conversation_id:uuid}", summary="A conversation's messages.")
+    async def conversation(self, conversation_id: uuid.UUID, sessions: async_sessionmaker[AsyncSession]) -> dict[str, Any]:
+        async with sessions() as session:
+            conversation = await session.get(Conversation, conversation_id)
+            if conversation is None:
+                raise NotFoundError(f"conversation {conversation_id} not found")
+            return {"id": str(conversation.id), "messages": [
+                {"id": str(m.id), "role": m.role, "content": m.content, "details": m.details,
+                 "created_at": m.created_at.isoformat()} for m in conversation.messages]}
+
+    @post("/chat/{conversation_id:uuid}/feedback", summary="Rate an answer (defaults to the latest one).", status_code=201)
+    async def feedback(self, conversation_id: uuid.UUID, data: FeedbackRequest,
+                       sessions: async_sessionmaker[AsyncSession]) -> FeedbackResponse:
+        async with sessions() as session, session.begin():
+            query = select(Message).where(Message.conversation_id == conversation_id, Message.role == "assistant")
+            if data.message_id is not None:
+                query = query.where(Message.id == data.message_id)
+            message = (await session.execute(query.order_by(Message.created_at.desc()).limit(1))).scalar_one_or_none()
+            if message is None:
+                what = f"message {data.message_id}" if data.message_id else "an answer"
+                raise NotFoundError(f"{what} not found in conversation {conversation_id}")
+            feedback = Feedback(message_id=message.id, rating=data.rating, comment=data.comment)
+            session.add(feedback)
+            await session.flush()
+            return FeedbackResponse(feedback.id, message.id, feedback.rating)

@@ -1,0 +1,66 @@
+"""Evaluation jobs: ``POST /v1/evals`` runs the comparative evaluation in the background; results as JSON
+and as the self-contained HTML report."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from litestar import Controller, Response, get, post
+from litestar.response import File
+
+from core.errors import ConflictError, NotFoundError
+from service.auth import requires
+from service.db import Job
+from service.jobs import JobRunner
+from service.schemas import EvalRequest, JobDTO
+from service.state import ServiceState
+
+
+def _report_dir(state: ServiceState, job_id: uuid.UUID):
+    return state.settings.paths.reports_dir / f"eval-{job_id}"
+
+
+class EvalController(Controller):
+    path = "/v1/evals"
+    tags = ["evaluation"]
+    guards = [requires("admin")]
+
+    @post("/", summary="Start a prompt-only vs RAG vs FT vs combined evaluation job.", status_code=202,
+          return_dto=JobDTO)
+    async def start(self, data: EvalRequest, service_state: ServiceState, job_runner: JobRunner) -> Job:
+        from eval.runner import EvalOptions, run_evaluation
+
+        settings = service_state.settings
+        job_id_holder: dict[str, uuid.UUID] = {}
+
+        def work(progress) -> dict[str, Any]:
+            out = _report_dir(service_state, job_id_holder["id"])
+            options = EvalOptions(limit=data.limit, systems=tuple(data.systems) if data.systems else None, out_dir=out)
+            report = run_evaluation(settings, options, on_progress=progress)
+            return {"report_dir": str(out), "headline": report["headline"]}
+
+        # The task starts at the next await, after the id is known (submit only schedules it).
+        job = await job_runner.submit("eval", {"limit": data.limit, "systems": data.systems}, work, lane="eval")
+        job_id_holder["id"] = job.id
+        return job
+
+    @get("/{job_id:uuid}", summary="The evaluation's JSON report (or the job's status while it runs).")
+    async def result(self, job_id: uuid.UUID, service_state: ServiceState, job_runner: JobRunner) -> Response[Any]:
+        job = await job_runner.get(job_id)
+        if job.kind != "eval":
+            raise NotFoundError(f"job {job_id} is not an evaluation")
+        report = _report_dir(service_state, job_id) / "report.json"
+        if job.status != "succeeded" or not report.is_file():
+            return Response({"id": str(job.id), "status": job.status, "progress": job.progress, "error": job.error},
+                            status_code=202 if job.status in ("queued", "running") else 200)
+        return Response(json.loads(report.read_text()))
+
+    @get("/{job_id:uuid}/report", summary="The self-contained HTML report.", media_type="text/html")
+    async def report(self, job_id: uuid.UUID, service_state: ServiceState, job_runner: JobRunner) -> File:
+        job = await job_runner.get(job_id)
+        path = _report_dir(service_state, job_id) / "report.html"
+        if job.status != "succeeded" or not path.is_file():
+            raise ConflictError(f"evaluation {job_id} has no report yet (status: {job.status})")
+        return File(path, media_type="text/html", content_disposition_type="inline")

@@ -1,0 +1,94 @@
+"""OpenAI-compatible ``POST /v1/chat/completions`` and ``GET /v1/models``, so existing clients work unchanged.
+
+``model`` picks the generator: ``tunerag`` (the active adapter, or the base when none is active),
+``base``, or an adapter id. Retrieval is on unless the request sets ``"retrieval": false``. Client system
+messages are ignored: the house-style system prompt is part of the template the adapter was trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from litestar import Controller, Response, get, post
+from litestar.response import ServerSentEvent
+
+from core import artifacts
+from core.errors import InvalidInputError, NotFoundError
+from service.auth import requires
+from service.chat import Answer, ChatService
+from service.schemas import ChatCompletionRequest
+from service.state import ServiceState
+
+
+async def resolve_model(state: ServiceState, model: str) -> str | None:
+    """The adapter to use for ``model`` (None: base), loading a known adapter on first use."""
+    if model == "base":
+        return None
+    if model == "tunerag":
+        return state.active_adapter
+    try:
+        artifact = artifacts.get_artifact(state.settings, "adapter", model)
+    except NotFoundError:
+        known = ["tunerag", "base", *(a.id for a in artifacts.list_artifacts(state.settings, "adapter"))]
+        raise NotFoundError(f"unknown model {model!r}; available: {', '.join(known)}") from None
+    if artifact.id not in state.backend.loaded_adapters():
+        await state.backend.load_adapter(artifact.id, artifact.path / "adapter")
+    return artifact.id
+
+
+def _usage(answer: Answer) -> dict[str, int]:
+    return {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
+            "total_tokens": answer.prompt_tokens + answer.completion_tokens}
+
+
+class OpenAIController(Controller):
+    path = "/v1"
+    tags = ["openai"]
+    guards = [requires("chat")]
+
+    @get("/models", summary="Models usable in chat completions.")
+    async def models(self, service_state: ServiceState) -> dict[str, Any]:
+        ids = ["tunerag", "base", *(a.id for a in artifacts.list_artifacts(service_state.settings, "adapter"))]
+        return {"object": "list", "data": [{"id": i, "object": "model", "owned_by": "tunerag"} for i in ids]}
+
+    @post("/chat/completions", summary="OpenAI-compatible chat completion with retrieval.", status_code=200)
+    async def completions(self, data: ChatCompletionRequest, chat_service: ChatService,
+                          service_state: ServiceState) -> Response[Any]:
+        turns = [m for m in data.messages if m.role != "system"]
+        if not turns or turns[-1].role != "user":
+            raise InvalidInputError("messages must end with a user message")
+        history = [{"role": m.role, "content": m.content} for m in turns[:-1]]
+        adapter = await resolve_model(service_state, data.model)
+        mode = ("combined" if adapter else "rag") if data.retrieval else ("ft" if adapter else "prompt")
+        kwargs = {"mode": mode, "top_k": data.top_k, "adapter": adapter, "max_new_tokens": data.max_tokens,
+                  "temperature": data.temperature}
+        completion_id, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        if not data.stream:
+            answer = await chat_service.answer(turns[-1].content, history, **kwargs)
+            return Response({
+                "id": completion_id, "object": "chat.completion", "created": created, "model": data.model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text}, "finish_reason": "stop"}],
+                "usage": _usage(answer),
+                "tunerag": {"mode": answer.mode, "adapter": answer.adapter, "index_version": answer.index_version,
+                            "sources": answer.sources, "cited_doc_ids": answer.cited_doc_ids, "notes": answer.notes},
+            })
+        _, pieces = await chat_service.stream(turns[-1].content, history, **kwargs)
+
+        def chunk(delta: dict[str, str], finish: str | None = None, **extra: Any) -> str:
+            return json.dumps({"id": completion_id, "object": "chat.completion.chunk", "created": created,
+                               "model": data.model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra})
+
+        async def events() -> AsyncIterator[str]:
+            yield chunk({"role": "assistant"})
+            async for piece in pieces:
+                if isinstance(piece, Answer):
+                    yield chunk({}, "stop", usage=_usage(piece), tunerag={"sources": piece.sources})
+                else:
+                    yield chunk({"content": piece})
+            yield "[DONE]"
+
+        return ServerSentEvent(events())

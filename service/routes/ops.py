@@ -1,0 +1,34 @@
+"""Operations: liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Response, get
+from litestar.plugins.prometheus import PrometheusController
+
+from service.state import ServiceState
+
+
+@get("/health", tags=["ops"], summary="Liveness: the process answers.")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/ready", tags=["ops"], summary="Readiness: models and index are loaded.")
+async def ready(service_state: ServiceState | None) -> Response[dict[str, Any]]:
+    if service_state is None or service_state.retriever is None:
+        return Response({"status": "starting"}, status_code=503)
+    return Response({
+        "status": "ready",
+        "index_version": service_state.index_version,
+        "embedder": service_state.embedder_id,
+        "active_adapter": service_state.active_adapter,
+        "loaded_adapters": service_state.backend.loaded_adapters(),
+        "notes": service_state.notes,
+    })
+
+
+class MetricsController(PrometheusController):
+    path = "/metrics"
+    include_in_schema = False

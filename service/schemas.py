@@ -1,0 +1,131 @@
+"""Request and response bodies of the API (msgspec structs: validated on input, documented in OpenAPI)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any, Literal
+
+from advanced_alchemy.extensions.litestar import SQLAlchemyDTO, SQLAlchemyDTOConfig
+from msgspec import Meta, Struct
+
+from service.db import Job
+
+Mode = Literal["combined", "rag", "ft", "prompt"]
+TopK = Annotated[int, Meta(ge=1, le=50)]
+MaxTokens = Annotated[int, Meta(ge=1, le=2048)]
+Temperature = Annotated[float, Meta(ge=0.0, le=2.0)]
+Question = Annotated[str, Meta(min_length=1, max_length=4000)]
+
+
+class ChatRequest(Struct, forbid_unknown_fields=True):
+    question: Question
+    conversation_id: uuid.UUID | None = None
+    mode: Mode = "combined"
+    top_k: TopK | None = None
+    filters: dict[str, str | list[str]] | None = None
+    stream: bool = False
+    max_tokens: MaxTokens | None = None
+    temperature: Temperature | None = None
+
+
+class Source(Struct):
+    doc_id: str
+    title: str
+    heading_path: list[str]
+    snippet: str
+    score: float
+    chunk_id: int
+
+
+class Usage(Struct):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class ChatResponse(Struct):
+    conversation_id: uuid.UUID
+    message_id: uuid.UUID
+    answer: str
+    mode: Mode
+    adapter: str | None
+    index_version: str | None
+    embedder: str | None
+    sources: list[Source]
+    cited_doc_ids: list[str]
+    usage: Usage
+    timings_ms: dict[str, float]
+    notes: list[str]
+
+
+class FeedbackRequest(Struct, forbid_unknown_fields=True):
+    rating: Literal["up", "down"]
+    message_id: uuid.UUID | None = None
+    comment: Annotated[str, Meta(max_length=4000)] | None = None
+
+
+class FeedbackResponse(Struct):
+    id: uuid.UUID
+    message_id: uuid.UUID
+    rating: str
+
+
+# --- OpenAI-compatible chat completions -------------------------------------------------------------------
+
+class OpenAIMessage(Struct):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatCompletionRequest(Struct):
+    messages: Annotated[list[OpenAIMessage], Meta(min_length=1)]
+    model: str = "tunerag"
+    stream: bool = False
+    max_tokens: MaxTokens | None = None
+    temperature: Temperature | None = None
+    retrieval: bool = True
+    top_k: TopK | None = None
+
+
+# --- documents, jobs, artifacts ---------------------------------------------------------------------------
+
+class DocumentIn(Struct, forbid_unknown_fields=True):
+    doc_id: Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    text: Annotated[str, Meta(min_length=1)]
+    title: str | None = None
+    format: Literal["markdown", "text", "html"] = "markdown"
+
+
+class DocumentsIn(Struct, forbid_unknown_fields=True):
+    documents: Annotated[list[DocumentIn], Meta(min_length=1, max_length=500)]
+    refresh: bool = True
+
+
+class DocumentOut(Struct):
+    doc_id: str
+    title: str
+    source: str
+    format: str
+    chunks: int
+    updated_at: str
+    uploaded: bool
+
+
+class JobDTO(SQLAlchemyDTO[Job]):
+    """Jobs are returned straight from the database model."""
+
+    config = SQLAlchemyDTOConfig()
+
+
+class ArtifactOut(Struct):
+    id: str
+    kind: str
+    active: bool
+    loaded: bool
+    manifest: dict[str, Any]
+
+
+class EvalRequest(Struct, forbid_unknown_fields=True):
+    limit: Annotated[int, Meta(ge=1)] | None = None
+    systems: list[Literal["prompt", "rag", "ft", "combined"]] | None = None
+
+

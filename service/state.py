@@ -1,0 +1,95 @@
+"""What the API process holds in memory: the generation backend, the current retriever, the active adapter.
+
+Everything is loaded once at start-up (in the app's lifespan) and replaced atomically: a chat request
+takes a reference to the current retriever and adapter when it starts and keeps using them, so an
+index swap or adapter switch never disturbs a request in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from core import artifacts
+from core.errors import NotFoundError
+from core.models import load_embedder
+from core.settings import Settings
+from retrieval import index_store
+from retrieval.indexer import update_index
+from retrieval.search import Retriever
+from service.backends import GenerationBackend
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    backend: GenerationBackend
+    # The generator's tokenizer (a transformers PreTrainedTokenizerBase): prompts are rendered here for every
+    # backend. Typed Any because Litestar resolves these hints at runtime for dependency injection.
+    tokenizer: Any
+    retriever: Retriever | None = None
+    active_adapter: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def index_version(self) -> str | None:
+        return self.retriever.version.name if self.retriever else None
+
+    @property
+    def embedder_id(self) -> str | None:
+        return self.retriever.version.manifest.embedder_id if self.retriever else None
+
+    def embedder_is_finetuned(self) -> bool:
+        if self.retriever is None:
+            return False
+        root = artifacts.kind_dir(self.settings, "embedder").resolve()
+        return Path(self.retriever.version.manifest.embedder_location).resolve().is_relative_to(root)
+
+    def open_current_index(self) -> None:
+        """(Re)load the ``CURRENT`` index version and swap it in."""
+        version = index_store.open_version(self.settings.paths.index_dir)
+        embedder = load_embedder(self.settings, version.manifest.embedder_location)
+        self.retriever = Retriever(version, embedder, self.settings.retrieval)
+        logger.info("serving index %s (%d chunks, embedder %s)", version.name, len(version.chunks),
+                    version.manifest.embedder_id)
+
+    async def start(self) -> None:
+        """Open the index (building the configured sources when none exists) and load the active adapter."""
+        if index_store.current_version(self.settings.paths.index_dir) is None:
+            logger.info("no index yet: building one from %s", [str(s) for s in self.settings.retrieval.sources])
+            embedder = self.active_embedder_location()
+            await anyio.to_thread.run_sync(lambda: update_index(self.settings, embedder_location=embedder))
+        await anyio.to_thread.run_sync(self.open_current_index)
+        adapter_id = artifacts.active_id(self.settings, "adapter")
+        if adapter_id:
+            await self.activate_adapter(adapter_id)
+        else:
+            self.notes.append("no fine-tuned adapter is active: ft and combined modes use the base generator")
+        if not self.embedder_is_finetuned():
+            self.notes.append("the index uses the base embedder: combined retrieval is not fine-tuned")
+        for note in self.notes:
+            logger.info(note)
+
+    def active_embedder_location(self) -> str | None:
+        active = artifacts.active_id(self.settings, "embedder")
+        return str(artifacts.get_artifact(self.settings, "embedder", active).path / "model") if active else None
+
+    async def activate_adapter(self, adapter_id: str | None) -> None:
+        """Load (if needed) and switch to an adapter, or back to the base model with ``None``."""
+        if adapter_id is None:
+            artifacts.activate(self.settings, "adapter", None)
+            self.active_adapter = None
+            return
+        artifact = artifacts.get_artifact(self.settings, "adapter", adapter_id)
+        if not (artifact.path / "adapter").is_dir():
+            raise NotFoundError(f"adapter artifact {adapter_id!r} has no adapter files")
+        await self.backend.load_adapter(artifact.id, artifact.path / "adapter")
+        artifacts.activate(self.settings, "adapter", artifact.id)
+        self.active_adapter = artifact.id
+        self.notes = [n for n in self.notes if "adapter" not in n]
