@@ -220,6 +220,30 @@ class GeneratorTrainingSettings(BaseModel):
         return self
 
 
+class EvalSettings(BaseModel):
+    """Defaults for `tunerag eval`: the held-out set, the systems, the house-style rules, the statistics."""
+
+    eval_file: Path = SAMPLE_DIR / "eval.jsonl"
+    systems: list[Literal["prompt", "rag", "ft", "combined"]] = Field(
+        default_factory=lambda: ["prompt", "rag", "ft", "combined"]
+    )
+    adapter: str = Field("active", description="Adapter for ft/combined: an id, 'active' or 'latest' (active, else latest).")
+    embedder: str = Field("active", description="Fine-tuned embedder for combined: an id, 'active' or 'latest'.")
+    batch_size: int = Field(8, gt=0, description="Prompts per generate call (decode is memory-bound on CPU).")
+    max_new_tokens: int = Field(160, gt=0)
+    retrieval_depth: int = Field(10, gt=0, description="Results retrieved for the retrieval metrics (top_k go to the prompt).")
+    style_greeting: str = "Hi there!"
+    style_sign_off: str = "— Parcelly Support"
+    style_max_words: int = 120
+    refusal_phrase: str = Field("couldn't find that in our help center", description="Marks a refusal (case-insensitive).")
+    grounded_threshold: float = Field(0.6, gt=0, le=1, description="Content-word recall that makes a sentence supported.")
+    bootstrap_samples: int = Field(2000, ge=100)
+    seed: int = 0
+    judge_base_url: str | None = Field(None, description="OpenAI-compatible server for optional LLM-as-judge scoring.")
+    judge_model: str | None = None
+    judge_api_key: str | None = None
+
+
 class ServerSettings(BaseModel):
     """HTTP API options."""
 
@@ -256,6 +280,7 @@ class Settings(BaseSettings):
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     train_embedder: EmbedderTrainingSettings = Field(default_factory=EmbedderTrainingSettings)
     train_generator: GeneratorTrainingSettings = Field(default_factory=GeneratorTrainingSettings)
+    eval: EvalSettings = Field(default_factory=EvalSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -1,9 +1,66 @@
-"""Placeholder until the evaluation package lands."""
+"""The comparative evaluation: prompt-only vs RAG-only vs FT-only vs combined on one held-out set.
+
+    system     generator        retrieval
+    prompt     base             none (style system prompt + few-shot examples)
+    rag        base             base embedder index
+    ft         adapter          none
+    combined   adapter          fine-tuned embedder index
+
+All systems answer the same questions with the same decoding settings, one system at a time in padded
+batches. Answers are cached per system and question in ``<out>/answers/<system>.jsonl`` (keyed by the
+prompt's hash), so an interrupted run resumes where it stopped and a re-run only scores.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from core import artifacts
+from core.engine import GenerationEngine
+from core.errors import InvalidInputError, NotFoundError
+from core.models import load_embedder, resolve_embedder, resolve_generator
+from core.prompt import build_prompt, load_template
+from core.settings import Settings
+from eval import answer_metrics as am
+from eval.stats import bootstrap_ci, holm_adjust, paired_test
+from eval.style import StyleRules, check_style, is_refusal
+from retrieval import index_store
+from retrieval.embedding import embedder_fingerprint
+from retrieval.indexer import update_index
+from retrieval.metrics import query_metrics
+from retrieval.search import Retriever, doc_ranking
+
+logger = logging.getLogger(__name__)
+
+SystemName = Literal["prompt", "rag", "ft", "combined"]
+SYSTEM_ORDER: tuple[SystemName, ...] = ("prompt", "rag", "ft", "combined")
+Progress = Callable[[str, int, int], None]
+PAIRED_METRICS = ("rouge_l", "token_f1", "embedding_similarity", "style_adherence", "citation_hit", "refusal_correct")
+
+
+@dataclass(frozen=True)
+class SystemSpec:
+    name: SystemName
+    uses_adapter: bool
+    retrieval: Literal["base", "finetuned"] | None
+    description: str
+
+
+SYSTEMS: dict[SystemName, SystemSpec] = {
+    "prompt": SystemSpec("prompt", False, None, "base generator, style prompt with few-shot examples, no retrieval"),
+    "rag": SystemSpec("rag", False, "base", "base generator + retrieval with the base embedder"),
+    "ft": SystemSpec("ft", True, None, "LoRA-adapted generator, no retrieval"),
+    "combined": SystemSpec("combined", True, "finetuned", "LoRA-adapted generator + retrieval with the fine-tuned embedder"),
+}
 
 
 @dataclass(frozen=True)
@@ -11,9 +68,305 @@ class EvalOptions:
     limit: int | None = None
     systems: tuple[str, ...] | None = None
     out_dir: Path | None = None
+    eval_file: Path | None = None
 
 
-def run_evaluation(settings, options, on_progress=None):
-    from core.errors import TuneragError
+@dataclass(frozen=True)
+class EvalItem:
+    id: str
+    question: str
+    gold_doc_ids: tuple[str, ...]
+    answerable: bool
+    reference_answer: str
 
-    raise TuneragError("evaluation is not available yet")
+
+@dataclass
+class SystemRun:
+    spec: SystemSpec
+    status: Literal["ok", "missing"]
+    reason: str | None = None
+    adapter: str | None = None
+    embedder: str | None = None
+    index_version: str | None = None
+    answers: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def load_eval_set(path: Path, limit: int | None = None) -> list[EvalItem]:
+    """``{"id", "question", "gold_doc_ids", "reference_answer", "answerable"?}`` per line; errors name the line."""
+    if not path.is_file():
+        raise InvalidInputError(f"{path}: evaluation file not found")
+    items = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InvalidInputError(f"{path}:{n}: invalid JSON ({exc.msg})") from None
+        missing = [k for k in ("id", "question", "reference_answer") if not str(row.get(k) or "").strip()]
+        if missing or not isinstance(row.get("gold_doc_ids", []), list):
+            raise InvalidInputError(f"{path}:{n}: needs 'id', 'question', 'reference_answer' and a 'gold_doc_ids' list; "
+                                    f"missing {missing or ['gold_doc_ids']}")
+        gold = tuple(row.get("gold_doc_ids") or ())
+        items.append(EvalItem(str(row["id"]), row["question"], gold, bool(row.get("answerable", bool(gold))),
+                              row["reference_answer"]))
+    if not items:
+        raise InvalidInputError(f"{path}: no evaluation questions")
+    return items[:limit] if limit else items
+
+
+def _artifact(settings: Settings, kind: Literal["adapter", "embedder"], name: str) -> artifacts.Artifact | None:
+    if name == "active":
+        active = artifacts.active_id(settings, kind)
+        name = active or "latest"
+    try:
+        return artifacts.get_artifact(settings, kind, name)
+    except NotFoundError:
+        return None
+
+
+def _retriever(settings: Settings, location: str, root: Path) -> Retriever:
+    """An index of the configured sources built with ``location``'s embedder, kept under ``root`` for reruns."""
+    private = settings.model_copy(update={"paths": settings.paths.model_copy(
+        update={"data_dir": root / embedder_fingerprint(location)})})
+    update_index(private, embedder_location=location)
+    version = index_store.open_version(private.paths.index_dir)
+    return Retriever(version, load_embedder(settings, location), settings.retrieval)
+
+
+def _prompt_hash(prompt: str, adapter: str | None, max_new_tokens: int) -> str:
+    return hashlib.sha256(f"{adapter}\x00{max_new_tokens}\x00{prompt}".encode()).hexdigest()[:16]
+
+
+def _read_cache(path: Path) -> dict[str, dict[str, Any]]:
+    cache: dict[str, dict[str, Any]] = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by an interrupted run
+            cache[row["id"]] = row
+    return cache
+
+
+def generate_answers(run: SystemRun, items: Sequence[EvalItem], engine: GenerationEngine, retriever: Retriever | None,
+                     settings: Settings, cache_file: Path, progress: Progress | None = None) -> None:
+    """Fill ``run.answers`` (in ``items`` order), generating only what the cache lacks."""
+    cfg = settings.eval
+    template = load_template(settings)
+    depth = max(cfg.retrieval_depth, settings.retrieval.top_k)
+    results = retriever.search_many([i.question for i in items], k=depth) if retriever else [None] * len(items)
+    pending: list[tuple[int, str, str]] = []
+    rows: list[dict[str, Any]] = []
+    cache = _read_cache(cache_file)
+    for n, (item, found) in enumerate(zip(items, results, strict=True)):
+        context = found[: settings.retrieval.top_k] if found is not None else None
+        passages = [r.to_passage() for r in context] if context is not None else None
+        prompt = build_prompt(template, engine.tokenizer, item.question, passages, with_examples=run.spec.name == "prompt")
+        key = _prompt_hash(prompt, run.adapter, cfg.max_new_tokens)
+        row = {"id": item.id, "prompt_hash": key,
+               "context": [{"doc_id": p.doc_id, "title": p.title, "text": p.text} for p in passages or []],
+               "ranking": doc_ranking(found) if found is not None else None}
+        cached = cache.get(item.id)
+        if cached and cached.get("prompt_hash") == key:
+            row.update({k: cached[k] for k in ("answer", "prompt_tokens", "completion_tokens", "seconds")})
+        else:
+            pending.append((n, prompt, key))
+        rows.append(row)
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    from tqdm.auto import tqdm
+
+    done = len(items) - len(pending)
+    with cache_file.open("a", encoding="utf-8") as fh, tqdm(total=len(items), initial=done,
+                                                           desc=f"eval {run.spec.name}", unit="q") as bar:
+        for start in range(0, len(pending), cfg.batch_size):
+            batch = pending[start : start + cfg.batch_size]
+            outputs = engine.generate([p for _, p, _ in batch], run.adapter, max_new_tokens=cfg.max_new_tokens)
+            for (n, _, key), out in zip(batch, outputs, strict=True):
+                rows[n].update({"answer": out.text, "prompt_tokens": out.prompt_tokens,
+                                "completion_tokens": out.completion_tokens, "seconds": out.seconds / len(batch)})
+                fh.write(json.dumps({"id": items[n].id, **{k: rows[n][k] for k in
+                                     ("prompt_hash", "answer", "prompt_tokens", "completion_tokens", "seconds")}}) + "\n")
+            fh.flush()
+            done += len(batch)
+            bar.update(len(batch))
+            if progress:
+                progress(f"generating {run.spec.name}", done, len(items))
+    run.answers = rows
+
+
+def score(run: SystemRun, items: Sequence[EvalItem], rules: StyleRules, settings: Settings,
+          similarity: np.ndarray) -> list[dict[str, Any]]:
+    """Per-question metrics for one system; ``similarity[i]`` is the answer/reference cosine."""
+    scored = []
+    for n, (item, row) in enumerate(zip(items, run.answers, strict=True)):
+        answer = row["answer"]
+        style = check_style(answer, rules, item.reference_answer)
+        refused = is_refusal(answer, rules)
+        context_ids = [c["doc_id"] for c in row["context"]]
+        m: dict[str, Any] = {
+            "rouge_l": am.rouge_l(answer, item.reference_answer),
+            "token_f1": am.token_f1(answer, item.reference_answer),
+            "embedding_similarity": float(similarity[n]),
+            "style_adherence": float(style["adheres"]),
+            "groundedness": (am.groundedness(answer, [c["text"] for c in row["context"]], rules,
+                                             settings.eval.grounded_threshold)
+                             if run.spec.retrieval else None),
+            "citation_validity": am.citation_validity(answer, context_ids),
+            "citation_hit": am.citation_hit(answer, item.gold_doc_ids) if item.answerable else None,
+            "refusal_correct": float(refused) if not item.answerable else None,
+            "false_refusal": float(refused) if item.answerable else None,
+            "completion_tokens": row["completion_tokens"],
+            "seconds_per_answer": row["seconds"],
+        }
+        if row["ranking"] is not None and item.gold_doc_ids:
+            m.update({k: v for k, v in query_metrics(row["ranking"], item.gold_doc_ids, ks=(1, 3, 5)).items()
+                      if k in ("recall@1", "recall@3", "recall@5", "mrr@10", "ndcg@10")})
+        scored.append({"id": item.id, "style": style, "metrics": m})
+    return scored
+
+
+def aggregate(scored: Sequence[dict[str, Any]], settings: Settings) -> dict[str, dict[str, float]]:
+    keys = sorted({k for s in scored for k, v in s["metrics"].items() if v is not None})
+    return {k: bootstrap_ci([s["metrics"].get(k) for s in scored], samples=settings.eval.bootstrap_samples,
+                            seed=settings.eval.seed).to_json() for k in keys}
+
+
+def run_evaluation(settings: Settings, options: EvalOptions | None = None, *,
+                   on_progress: Progress | None = None) -> dict[str, Any]:
+    """Run the evaluation and write report.json / report.md / report.html to the output folder.
+
+    Returns the report dict. Systems whose artifacts are missing are listed with the reason (and the
+    command that creates them) instead of being dropped silently.
+    """
+    from eval.report import write_reports
+
+    began = time.perf_counter()
+    options = options or EvalOptions()
+    cfg = settings.eval
+    names = tuple(options.systems or cfg.systems)
+    unknown = [n for n in names if n not in SYSTEMS]
+    if unknown:
+        raise InvalidInputError(f"unknown system(s) {unknown}; choose from {list(SYSTEMS)}")
+    eval_file = options.eval_file or cfg.eval_file
+    items = load_eval_set(eval_file, options.limit)
+    out = options.out_dir or settings.paths.reports_dir / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    rules = StyleRules.from_settings(cfg)
+
+    adapter = _artifact(settings, "adapter", cfg.adapter)
+    tuned_embedder = _artifact(settings, "embedder", cfg.embedder)
+    base_embedder = resolve_embedder(settings).location
+    runs: dict[str, SystemRun] = {}
+    for name in SYSTEM_ORDER:
+        if name not in names:
+            continue
+        spec = SYSTEMS[name]
+        run = SystemRun(spec, "ok")
+        if spec.uses_adapter and adapter is None:
+            run.status, run.reason = "missing", "no adapter artifact: run `tunerag train generator` first"
+        if spec.retrieval == "finetuned" and tuned_embedder is None:
+            run.status = "missing"
+            run.reason = "; ".join(filter(None, [run.reason, "no fine-tuned embedder: run `tunerag train embedder` first"]))
+        runs[name] = run
+        if run.status == "missing":
+            logger.warning("system %s skipped: %s", name, run.reason)
+
+    engine = GenerationEngine.from_settings(settings)
+    engine.config = engine.config.model_copy(update={"batch_size": cfg.batch_size})
+    if adapter is not None and any(r.status == "ok" and r.spec.uses_adapter for r in runs.values()):
+        engine.load_adapter(adapter.id, adapter.path / "adapter")
+    retrievers: dict[str, Retriever] = {}
+    for name, run in runs.items():
+        if run.status != "ok":
+            continue
+        retriever = None
+        if run.spec.retrieval is not None:
+            location = base_embedder if run.spec.retrieval == "base" else str(tuned_embedder.path / "model")
+            retriever = retrievers.get(location) or _retriever(settings, location, out / "indexes")
+            retrievers[location] = retriever
+            run.embedder, run.index_version = retriever.version.manifest.embedder_id, retriever.version.name
+        run.adapter = adapter.id if run.spec.uses_adapter else None
+        started = time.perf_counter()
+        generate_answers(run, items, engine, retriever, settings, out / "answers" / f"{name}.jsonl", on_progress)
+        run.seconds = time.perf_counter() - started
+
+    similarity_model = load_embedder(settings, base_embedder)
+    references = similarity_model.encode([i.reference_answer for i in items], normalize_embeddings=True,
+                                         show_progress_bar=False)
+    per_system: dict[str, Any] = {}
+    scored_by_system: dict[str, list[dict[str, Any]]] = {}
+    for name, run in runs.items():
+        entry: dict[str, Any] = {"description": run.spec.description, "status": run.status, "reason": run.reason,
+                                 "adapter": run.adapter, "embedder": run.embedder, "index_version": run.index_version}
+        if run.status == "ok":
+            answers = similarity_model.encode([a["answer"] or "" for a in run.answers], normalize_embeddings=True,
+                                              show_progress_bar=False)
+            scored = score(run, items, rules, settings, (answers * references).sum(axis=1))
+            scored_by_system[name] = scored
+            entry.update({"metrics": aggregate(scored, settings), "wall_time_s": round(run.seconds, 1)})
+        per_system[name] = entry
+
+    comparisons = []
+    ok = [n for n in SYSTEM_ORDER if n in scored_by_system]
+    for i, a in enumerate(ok):
+        for b in ok[i + 1 :]:
+            for metric in PAIRED_METRICS:
+                comparisons.append(paired_test(
+                    [s["metrics"].get(metric) for s in scored_by_system[b]],
+                    [s["metrics"].get(metric) for s in scored_by_system[a]],
+                    name_a=b, name_b=a, metric=metric, samples=cfg.bootstrap_samples, seed=cfg.seed))
+    adjusted = holm_adjust([c.p_value for c in comparisons])
+    comparison_rows = [c.to_json() | {"p_holm": round(p, 4), "significant_holm": p < 0.05}
+                       for c, p in zip(comparisons, adjusted, strict=True)]
+
+    questions = []
+    for n, item in enumerate(items):
+        questions.append({**asdict(item), "systems": {
+            name: {"answer": runs[name].answers[n]["answer"], "context": runs[name].answers[n]["context"],
+                   "metrics": scored_by_system[name][n]["metrics"], "style": scored_by_system[name][n]["style"]}
+            for name in scored_by_system}})
+
+    generator = resolve_generator(settings, convert=False)
+    report = {
+        "tunerag_report": 1,
+        "created_at": artifacts.utc_now(),
+        "wall_time_s": round(time.perf_counter() - began, 1),
+        "config": {"eval": cfg.model_dump(mode="json"), "retrieval": settings.retrieval.model_dump(mode="json"),
+                   "generation": settings.generation.model_dump(mode="json") | {"max_new_tokens": cfg.max_new_tokens,
+                                                                                "batch_size": cfg.batch_size}},
+        "data": {"eval_file": str(eval_file), "eval_file_sha256": hashlib.sha256(eval_file.read_bytes()).hexdigest(),
+                 "questions": len(items), "answerable": sum(i.answerable for i in items),
+                 "limit": options.limit},
+        "models": {"generator": generator.spec, "base_embedder": embedder_fingerprint(base_embedder),
+                   "adapter": adapter and {"id": adapter.id, "data_hash": adapter.manifest.get("data_hash")},
+                   "finetuned_embedder": tuned_embedder and {"id": tuned_embedder.id,
+                                                              "data_hash": tuned_embedder.manifest.get("data_hash")}},
+        "systems": per_system,
+        "headline": headline(per_system),
+        "comparisons": comparison_rows,
+        "questions": questions,
+        "files": {kind: str(out / f"report.{kind}") for kind in ("json", "md", "html")},
+    }
+    write_reports(report, out)
+    logger.info("evaluation written to %s in %.0fs", out, report["wall_time_s"])
+    return report
+
+
+HEADLINE_METRICS = ("rouge_l", "token_f1", "embedding_similarity", "style_adherence", "groundedness",
+                    "citation_validity", "citation_hit", "refusal_correct", "false_refusal", "ndcg@10", "recall@5",
+                    "completion_tokens", "seconds_per_answer")
+
+
+def headline(per_system: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per evaluated system with the means of the headline metrics."""
+    rows = []
+    for name, entry in per_system.items():
+        row: dict[str, Any] = {"system": name, "status": entry["status"]}
+        for metric in HEADLINE_METRICS:
+            value = entry.get("metrics", {}).get(metric)
+            row[metric] = value["mean"] if value else None
+        rows.append(row)
+    return rows

@@ -215,9 +215,21 @@ def evaluate(
     ctx: typer.Context,
     limit: Annotated[int | None, typer.Option("--limit", help="Only the first N questions.", min=1)] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Report folder (default: data_dir/reports/<run>).")] = None,
+    systems: Annotated[str | None, typer.Option(help="Comma-separated subset of prompt,rag,ft,combined.")] = None,
+    eval_file: Annotated[Path | None, typer.Option("--eval-file", help="Held-out set (default: eval.eval_file).")] = None,
 ) -> None:
     """Compare prompt-only, RAG-only, FT-only and combined on the held-out set."""
-    raise TuneragError("`tunerag eval` is not available yet (evaluation issue)")
+    from eval.runner import EvalOptions, run_evaluation
+
+    chosen = tuple(s.strip() for s in systems.split(",") if s.strip()) if systems else None
+    report = run_evaluation(_settings(ctx), EvalOptions(limit=limit, systems=chosen, out_dir=out, eval_file=eval_file))
+    for name, system in report["systems"].items():
+        if system["status"] != "ok":
+            typer.echo(f"warning: system {name} not evaluated: {system['reason']}", err=True)
+    from eval.report import markdown
+
+    typer.echo(markdown(report))
+    typer.echo(f"report: {report['files']['html']}  (also report.json, report.md)")
 
 
 def main() -> None:

@@ -172,3 +172,12 @@ def test_empty_source_folder_is_an_error(settings: Settings, tmp_path: Path) -> 
 def test_opening_without_an_index_says_what_to_run(settings: Settings) -> None:
     with pytest.raises(NotFoundError, match="run `tunerag index` first"):
         index_store.open_version(settings.paths.index_dir)
+
+
+def test_fingerprint_follows_weight_contents_not_just_sizes(tmp_path: Path) -> None:
+    from retrieval.embedding import embedder_fingerprint
+
+    a = build_tiny_sentence_transformer(tmp_path / "a" / "model", seed=1)
+    b = build_tiny_sentence_transformer(tmp_path / "b" / "model", seed=2)
+    assert embedder_fingerprint(str(a)) != embedder_fingerprint(str(b)), "same architecture, different weights"
+    assert embedder_fingerprint(str(a)) == embedder_fingerprint(str(a))
