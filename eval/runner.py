@@ -158,7 +158,7 @@ def generate_answers(run: SystemRun, items: Sequence[EvalItem], engine: Generati
     template = load_template(settings)
     depth = max(cfg.retrieval_depth, settings.retrieval.top_k)
     results = retriever.search_many([i.question for i in items], k=depth) if retriever else [None] * len(items)
-    pending: list[tuple[int, str, str]] = []
+    pending: list[tuple[int, str]] = []
     rows: list[dict[str, Any]] = []
     cache = _read_cache(cache_file)
     for n, (item, found) in enumerate(zip(items, results, strict=True)):
@@ -173,7 +173,7 @@ def generate_answers(run: SystemRun, items: Sequence[EvalItem], engine: Generati
         if cached and cached.get("prompt_hash") == key:
             row.update({k: cached[k] for k in ("answer", "prompt_tokens", "completion_tokens", "seconds")})
         else:
-            pending.append((n, prompt, key))
+            pending.append((n, prompt))
         rows.append(row)
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     from tqdm.auto import tqdm
@@ -183,8 +183,8 @@ def generate_answers(run: SystemRun, items: Sequence[EvalItem], engine: Generati
                                                            desc=f"eval {run.spec.name}", unit="q") as bar:
         for start in range(0, len(pending), cfg.batch_size):
             batch = pending[start : start + cfg.batch_size]
-            outputs = engine.generate([p for _, p, _ in batch], run.adapter, max_new_tokens=cfg.max_new_tokens)
-            for (n, _, key), out in zip(batch, outputs, strict=True):
+            outputs = engine.generate([p for _, p in batch], run.adapter, max_new_tokens=cfg.max_new_tokens)
+            for (n, _), out in zip(batch, outputs, strict=True):
                 rows[n].update({"answer": out.text, "prompt_tokens": out.prompt_tokens,
                                 "completion_tokens": out.completion_tokens, "seconds": out.seconds / len(batch)})
                 fh.write(json.dumps({"id": items[n].id, **{k: rows[n][k] for k in
