@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import tempfile
 import time
 from pathlib import Path
 
-from common import emit, peak_rss_mb
+from common import emit, peak_rss_mb, zaragoza_split
 
 from core.models import load_embedder
 from core.settings import SAMPLE_DIR, Settings, load_settings
@@ -84,17 +83,8 @@ def sample_domain(tmp: Path) -> dict:
 def zaragoza(tmp: Path) -> dict:
     import zaragoza_construction_faq as faq
 
-    entries = faq.load(lang="en")
-    corpus = tmp / "zaragoza" / "corpus"
-    corpus.mkdir(parents=True)
-    for e in entries:
-        title = e["category"].replace("-", " ").capitalize()
-        (corpus / f"{e['id']}.md").write_text(f"---\nid: {e['id']}\ntitle: {title}\n---\n\n{e['a']}\n")
-    ids = sorted(e["id"] for e in entries)
-    random.Random(0).shuffle(ids)
-    heldout_ids = set(ids[: len(ids) // 5])
-    train = [e for e in entries if e["id"] not in heldout_ids]
-    heldout = [e for e in entries if e["id"] in heldout_ids]
+    corpus, train, heldout = zaragoza_split(tmp / "zaragoza")
+    entries = train + heldout
     labelled = tmp / "zaragoza" / "train_pairs.jsonl"
     labelled.write_text("".join(json.dumps({"question": e["q"], "doc_id": e["id"]}) + "\n" for e in train))
 

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import emit, peak_rss_mb, percentiles
+from common import emit, peak_rss_mb, percentiles, sample_kb_copies
 
 from core.models import load_embedder
 from core.settings import SAMPLE_DIR, load_settings
@@ -47,15 +47,7 @@ def quality(settings) -> dict[str, dict[str, float]]:
 
 
 def throughput(settings, workdir: Path, copies: int) -> dict[str, float]:
-    corpus = workdir / "corpus"
-    for n in range(copies):
-        target = corpus / f"edition-{n:02d}"
-        target.mkdir(parents=True)
-        for src in (SAMPLE_DIR / "kb").iterdir():
-            # Ids must come from the path (edition-NN/name), so drop the explicit ids the sample files carry.
-            text = src.read_text().replace('<meta name="doc-id"', '<meta name="x-doc-id"')
-            text = "\n".join(line for line in text.splitlines() if not line.startswith("id: "))
-            (target / src.name).write_text(text + (f"\n\nEdition {n} of this article.\n" if src.suffix == ".md" else ""))
+    corpus = sample_kb_copies(workdir, copies)
     began = time.perf_counter()
     report = update_index(settings, [corpus], rebuild=True)
     seconds = time.perf_counter() - began

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +24,10 @@ COLORS = {"prompt": "#9aa5b1", "rag": "#4c78a8", "ft": "#f58518", "combined": "#
 
 
 def _fmt(value: dict[str, float] | None, ci: bool = True) -> str:
-    if not value or value.get("mean") is None or math.isnan(value["mean"]):
+    if not value or value.get("mean") is None:
         return "–"
     text = f"{value['mean']:.3f}"
-    if ci and not math.isnan(value.get("low", float("nan"))):
+    if ci and value.get("low") is not None:
         text += f" [{value['low']:.3f}, {value['high']:.3f}]"
     return text
 
@@ -183,7 +182,7 @@ class _Markup(str):
 def write_reports(report: dict[str, Any], out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "report.json", "markdown": out / "report.md", "html": out / "report.html"}
-    paths["json"].write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str))
+    paths["json"].write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str, allow_nan=False))
     paths["markdown"].write_text(markdown(report))
     paths["html"].write_text(html_report(report))
     return paths

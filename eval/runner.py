@@ -27,6 +27,7 @@ import numpy as np
 from core import artifacts
 from core.engine import GenerationEngine
 from core.errors import InvalidInputError, NotFoundError
+from core.jsonl import read_jsonl
 from core.models import load_embedder, resolve_embedder, resolve_generator
 from core.prompt import build_prompt, load_template
 from core.settings import Settings
@@ -97,13 +98,7 @@ def load_eval_set(path: Path, limit: int | None = None) -> list[EvalItem]:
     if not path.is_file():
         raise InvalidInputError(f"{path}: evaluation file not found")
     items = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InvalidInputError(f"{path}:{n}: invalid JSON ({exc.msg})") from None
+    for n, row in read_jsonl(path):
         missing = [k for k in ("id", "question", "reference_answer") if not str(row.get(k) or "").strip()]
         if missing or not isinstance(row.get("gold_doc_ids", []), list):
             raise InvalidInputError(f"{path}:{n}: needs 'id', 'question', 'reference_answer' and a 'gold_doc_ids' list; "
@@ -319,7 +314,7 @@ def run_evaluation(settings: Settings, options: EvalOptions | None = None, *,
                     [s["metrics"].get(metric) for s in scored_by_system[a]],
                     name_a=b, name_b=a, metric=metric, samples=cfg.bootstrap_samples, seed=cfg.seed))
     adjusted = holm_adjust([c.p_value for c in comparisons])
-    comparison_rows = [c.to_json() | {"p_holm": round(p, 4), "significant_holm": p < 0.05}
+    comparison_rows = [c.to_json() | {"p_holm": None if np.isnan(p) else round(p, 4), "significant_holm": bool(p < 0.05)}
                        for c, p in zip(comparisons, adjusted, strict=True)]
 
     questions = []

@@ -15,6 +15,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 
+def _json_number(value: object) -> object:
+    """Rounded floats; NaN (no data) becomes None so reports stay valid, diffable JSON."""
+    if isinstance(value, float):
+        return None if np.isnan(value) else round(value, 4)
+    return value
+
+
 @dataclass(frozen=True)
 class Interval:
     mean: float
@@ -22,8 +29,8 @@ class Interval:
     high: float
     n: int
 
-    def to_json(self) -> dict[str, float]:
-        return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
+    def to_json(self) -> dict[str, float | None]:
+        return {k: _json_number(v) for k, v in asdict(self).items()}
 
 
 @dataclass(frozen=True)
@@ -42,7 +49,7 @@ class PairedResult:
         return self.p_value < 0.05
 
     def to_json(self) -> dict[str, object]:
-        out = {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
+        out = {k: _json_number(v) for k, v in asdict(self).items()}
         out["significant"] = self.significant
         return out
 

@@ -7,7 +7,6 @@ bad input can never touch an existing index.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Iterable, Iterator
@@ -18,6 +17,7 @@ from typing import Any
 import yaml
 
 from core.errors import InvalidInputError
+from core.jsonl import read_jsonl
 from retrieval.documents import Document
 
 logger = logging.getLogger(__name__)
@@ -170,17 +170,8 @@ def load_pdf(path: Path, root: Path | None = None) -> Document:
 
 def load_faq_jsonl(path: Path, root: Path | None = None) -> list[Document]:
     """One document per line: ``{"id", "question", "answer", ...}``; other scalar keys become metadata."""
-    text = _read_text(path)
     documents = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InvalidInputError(f"{path}:{n}: invalid JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise InvalidInputError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+    for n, row in read_jsonl(path, _read_text(path)):
         missing = [k for k in ("id", "question", "answer") if not str(row.get(k) or "").strip()]
         if missing:
             raise InvalidInputError(f"{path}:{n}: FAQ line needs 'id', 'question' and 'answer'; missing {missing}")

@@ -7,7 +7,10 @@ User errors (:class:`core.errors.TuneragError`) print one ``error: ...`` line an
 from __future__ import annotations
 
 import json
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -34,6 +37,13 @@ Mode = Literal["combined", "rag", "ft", "prompt"]
 
 def _settings(ctx: typer.Context) -> Settings:
     return ctx.ensure_object(dict)["settings"]
+
+
+@contextmanager
+def _library_output_to_stderr() -> Iterator[None]:
+    """Trainers print progress dicts on stdout; the command's own result is the only thing printed there."""
+    with redirect_stdout(sys.stderr):
+        yield
 
 
 def _training_config(base: BaseModel, cls: type[BaseModel], config: Path | None, max_steps: int | None) -> BaseModel:
@@ -121,13 +131,34 @@ def index(
     ctx: typer.Context,
     paths: Annotated[list[Path] | None, typer.Argument(help="Files or folders (default: retrieval.sources).")] = None,
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Re-embed everything into a new index.")] = False,
+    embedder: Annotated[str | None, typer.Option(help="Embedder for this index: a spec such as artifact:latest "
+                                                      "(default: the current index's, else the active one).")] = None,
 ) -> None:
     """Index documents: incremental by default (only new or changed documents are embedded)."""
     from dataclasses import asdict
 
+    from core import artifacts
+    from core.models import resolve_embedder
+    from retrieval.index_store import read_manifest
     from retrieval.indexer import update_index
 
-    report = update_index(_settings(ctx), paths or None, rebuild=rebuild, progress=True)
+    settings = _settings(ctx)
+    manifest = read_manifest(settings.paths.index_dir)
+    if embedder is not None:
+        location = resolve_embedder(settings.model_copy(update={"models": settings.models.model_copy(
+            update={"embedder": embedder})})).location
+    elif manifest is not None and not rebuild:
+        location = manifest.embedder_location
+    elif artifacts.active_id(settings, "embedder"):
+        location = str(artifacts.get_artifact(settings, "embedder", "active").path / "model")
+    else:
+        location = resolve_embedder(settings).location
+    with _library_output_to_stderr():
+        report = update_index(settings, paths or None, rebuild=rebuild, embedder_location=location, progress=True)
+    # The API and later incremental runs follow the embedder the index was just built with.
+    tuned_root = artifacts.kind_dir(settings, "embedder").resolve()
+    is_artifact = Path(location).resolve().is_relative_to(tuned_root)
+    artifacts.activate(settings, "embedder", Path(location).resolve().parent.name if is_artifact else None)
     typer.echo(json.dumps(asdict(report) | {"seconds": round(report.seconds, 2)}))
 
 
@@ -165,22 +196,40 @@ def ask(
     question: Annotated[str, typer.Argument(help="The customer's question.")],
     mode: Annotated[str, typer.Option(help="combined | rag | ft | prompt")] = "combined",
     max_new_tokens: Annotated[int | None, typer.Option(help="Answer length limit.", min=1)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full answer record as JSON.")] = False,
 ) -> None:
-    """Answer one question the way the API would."""
-    from core.generation import generate
-    from core.models import load_generator
-    from core.prompt import load_template, render_prompt
+    """Answer one question through the same pipeline as the API (active adapter and index)."""
+    import asyncio
+    from dataclasses import asdict
 
-    if mode not in ("combined", "rag", "ft", "prompt"):
-        raise TuneragError(f"--mode must be one of combined, rag, ft, prompt; got {mode!r}")
-    if mode != "prompt":
-        raise TuneragError(f"--mode {mode} is not available yet; use --mode prompt")
+    from core.engine import GenerationEngine
+    from service.backends import LocalBackend
+    from service.chat import MODES, ChatService
+    from service.state import ServiceState
+
+    if mode not in MODES:
+        raise TuneragError(f"--mode must be one of {', '.join(MODES)}; got {mode!r}")
     settings = _settings(ctx)
-    model, tokenizer = load_generator(settings)
-    template = load_template(settings)
-    prompt = render_prompt(tokenizer, template.build_messages(question, None, with_examples=True))
-    result = generate(model, tokenizer, [prompt], settings.generation, max_new_tokens=max_new_tokens)[0]
-    typer.echo(result.text)
+
+    async def run():
+        engine = GenerationEngine.from_settings(settings)
+        backend = LocalBackend(engine, settings.generation, batching=False)
+        state = ServiceState(settings, backend, engine.tokenizer)
+        try:
+            await state.start()
+            return await ChatService(state).answer(question, mode=mode, max_new_tokens=max_new_tokens)
+        finally:
+            await backend.close()
+
+    answer = asyncio.run(run())
+    if as_json:
+        typer.echo(json.dumps({k: v for k, v in asdict(answer).items() if k != "prompt"}, indent=2))
+        return
+    typer.echo(answer.text)
+    for note in answer.notes:
+        typer.echo(f"note: {note}", err=True)
+    if answer.sources:
+        typer.echo("sources: " + ", ".join(dict.fromkeys(s["doc_id"] for s in answer.sources)), err=True)
 
 
 @train_app.command("embedder")
@@ -195,9 +244,12 @@ def train_embedder(
 
     settings = _settings(ctx)
     cfg = _training_config(settings.train_embedder, EmbedderTrainingSettings, config, max_steps)
-    artifact = run(settings, cfg)
+    with _library_output_to_stderr():
+        artifact = run(settings, cfg)
     summary = {k: artifact.manifest[k] for k in ("pairs", "metrics_before", "metrics_after", "wall_time_s")}
     typer.echo(json.dumps({"artifact": artifact.id, "path": str(artifact.path), **summary}, indent=2))
+    typer.echo(f"next: `tunerag index --rebuild --embedder artifact:{artifact.id}` (or activate it through "
+               "the API) to search with it", err=True)
 
 
 @train_app.command("generator")
@@ -205,9 +257,39 @@ def train_generator(
     ctx: typer.Context,
     config: Annotated[Path | None, typer.Option("--config", help="YAML with training overrides.")] = None,
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after N optimizer steps.")] = None,
+    resume: Annotated[str | None, typer.Option("--resume", help="Continue an interrupted run: its id or 'latest'.")] = None,
+    dpo: Annotated[Path | None, typer.Option("--dpo", help="Preference pairs JSONL: run DPO on top of an SFT adapter.")] = None,
+    merge: Annotated[bool, typer.Option("--merge", help="Export base + adapter merged into one model folder.")] = False,
+    adapter: Annotated[str, typer.Option(help="Adapter for --dpo / --merge: an id, 'latest' or 'active'.")] = "latest",
+    out: Annotated[Path | None, typer.Option("--out", help="Folder for --merge (default: data_dir/exports/<id>).")] = None,
+    activate: Annotated[bool, typer.Option("--activate/--no-activate", help="Make the new adapter the active one.")] = True,
 ) -> None:
-    """Fine-tune the generator with LoRA on grounded chat examples."""
-    raise TuneragError("`tunerag train generator` is not available yet (generator training issue)")
+    """Fine-tune the generator with LoRA on grounded chat examples (or --dpo / --merge an adapter)."""
+    from core import artifacts
+    from core.settings import GeneratorTrainingSettings
+    from training import generator_recipe as recipe
+
+    settings = _settings(ctx)
+    cfg = _training_config(settings.train_generator, GeneratorTrainingSettings, config, max_steps)
+    if merge:
+        source = artifacts.get_artifact(settings, "adapter", adapter)
+        with _library_output_to_stderr():
+            folder = recipe.merge_adapter(settings, source, out or settings.paths.data_dir / "exports" / f"{source.id}-merged")
+        typer.echo(json.dumps({"merged": source.id, "path": str(folder),
+                               "use_with": f"TUNERAG_MODELS__GENERATOR={folder}"}, indent=2))
+        return
+    with _library_output_to_stderr():
+        if dpo is not None:
+            result = recipe.train_dpo(settings, dpo, artifacts.get_artifact(settings, "adapter", adapter), cfg)
+        else:
+            result = recipe.train_generator(settings, cfg, resume=resume)
+    if activate:
+        artifacts.activate(settings, "adapter", result.id)
+    keys = ("stage", "data", "trainable_fraction", "adapter_size_bytes", "final_train_loss", "final_validation_loss",
+            "global_steps", "wall_time_s")
+    summary = {k: result.manifest[k] for k in keys if k in result.manifest}
+    typer.echo(json.dumps({"artifact": result.id, "path": str(result.path), "active": activate, **summary}, indent=2,
+                          default=str))
 
 
 @app.command("eval")
@@ -222,7 +304,8 @@ def evaluate(
     from eval.runner import EvalOptions, run_evaluation
 
     chosen = tuple(s.strip() for s in systems.split(",") if s.strip()) if systems else None
-    report = run_evaluation(_settings(ctx), EvalOptions(limit=limit, systems=chosen, out_dir=out, eval_file=eval_file))
+    with _library_output_to_stderr():
+        report = run_evaluation(_settings(ctx), EvalOptions(limit=limit, systems=chosen, out_dir=out, eval_file=eval_file))
     for name, system in report["systems"].items():
         if system["status"] != "ok":
             typer.echo(f"warning: system {name} not evaluated: {system['reason']}", err=True)

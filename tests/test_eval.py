@@ -138,7 +138,10 @@ def test_tiny_end_to_end_eval_writes_json_markdown_html_and_resumes(with_artifac
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "report"
     report = run_evaluation(with_artifacts, EvalOptions(limit=10, out_dir=out))
-    data = json.loads((out / "report.json").read_text())
+    def no_nan(constant: str) -> None:
+        raise AssertionError(f"invalid JSON constant {constant}")
+
+    data = json.loads((out / "report.json").read_text(), parse_constant=no_nan)
     assert data["data"]["questions"] == 10 and [r["system"] for r in data["headline"]] == ["prompt", "rag", "ft", "combined"]
     assert all(s["status"] == "ok" for s in data["systems"].values())
     assert data["systems"]["combined"]["embedder"].startswith("model-") and data["systems"]["ft"]["adapter"]

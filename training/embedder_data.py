@@ -16,13 +16,14 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from core.errors import InvalidInputError
 from core.generation import generate
+from core.jsonl import read_jsonl
 from core.prompt import render_prompt
 from core.settings import GenerationSettings
 from retrieval.documents import Chunk, content_hash
@@ -50,25 +51,10 @@ class QueryPair:
     source: PairSource
 
 
-def _jsonl_rows(path: Path) -> Iterable[tuple[int, dict]]:
-    if not path.is_file():
-        raise InvalidInputError(f"{path}: no such file")
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InvalidInputError(f"{path}:{n}: invalid JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise InvalidInputError(f"{path}:{n}: expected a JSON object")
-        yield n, row
-
-
 def pairs_from_labelled(path: Path) -> list[QueryPair]:
     """``{"question"|"query", "doc_id"}`` lines, or FAQ lines ``{"id", "question"}`` (the entry is its doc)."""
     pairs = []
-    for n, row in _jsonl_rows(path):
+    for n, row in read_jsonl(path):
         query = str(row.get("question") or row.get("query") or "").strip()
         doc_id = str(row.get("doc_id") or row.get("id") or "").strip()
         if not query or not doc_id:
@@ -80,7 +66,7 @@ def pairs_from_labelled(path: Path) -> list[QueryPair]:
 def pairs_from_chats(path: Path) -> list[QueryPair]:
     """Each user turn of a chat with exactly one cited document, paired with that document."""
     pairs = []
-    for n, row in _jsonl_rows(path):
+    for n, row in read_jsonl(path):
         doc_ids = row.get("doc_ids") or []
         if not isinstance(row.get("messages"), list):
             raise InvalidInputError(f"{path}:{n}: a chat needs a 'messages' list")

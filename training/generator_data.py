@@ -16,7 +16,6 @@ with passages from the real retriever (the RAFT recipe):
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections import Counter
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from core.errors import InvalidInputError
+from core.jsonl import read_jsonl
 from core.prompt import ContextPassage, Message, PromptTemplate, build_prompt
 
 if TYPE_CHECKING:
@@ -58,18 +58,10 @@ def load_chat_jsonl(path: Path) -> list[ChatExample]:
     Raises:
         InvalidInputError: naming ``path:line`` and what is wrong with it.
     """
-    if not path.is_file():
-        raise InvalidInputError(f"{path}: no such file")
     examples = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    for n, row in read_jsonl(path):
         where = f"{path}:{n}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InvalidInputError(f"{where}: invalid JSON ({exc.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("messages"), list) or not row["messages"]:
+        if not isinstance(row.get("messages"), list) or not row["messages"]:
             raise InvalidInputError(f"{where}: expected an object with a non-empty 'messages' list")
         turns = []
         for i, m in enumerate(row["messages"]):

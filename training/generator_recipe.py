@@ -24,6 +24,7 @@ from typing import Any
 
 from core import artifacts
 from core.errors import InvalidInputError, NotFoundError
+from core.jsonl import read_jsonl
 from core.models import load_embedder, load_generator, resolve_device, resolve_generator
 from core.prompt import ContextPassage, build_prompt, load_template
 from core.settings import GeneratorTrainingSettings, Settings
@@ -266,16 +267,8 @@ def train_generator(settings: Settings, cfg: GeneratorTrainingSettings | None = 
 
 def load_dpo_pairs(path: Path) -> list[dict[str, Any]]:
     """``{"question", "chosen", "rejected", "context"?: [{"doc_id","title","text"}]}`` per line."""
-    if not path.is_file():
-        raise InvalidInputError(f"{path}: no such file")
     pairs = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InvalidInputError(f"{path}:{n}: invalid JSON ({exc.msg})") from None
+    for n, row in read_jsonl(path):
         missing = [k for k in ("question", "chosen", "rejected") if not isinstance(row.get(k), str) or not row[k].strip()]
         if missing:
             raise InvalidInputError(f"{path}:{n}: a preference pair needs 'question', 'chosen' and 'rejected'; missing {missing}")

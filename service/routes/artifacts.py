@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Controller, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath
 
 from core import artifacts
 from service.auth import requires
@@ -29,30 +31,30 @@ class ArtifactController(Controller):
     guards = [requires("admin")]
 
     @get("/adapters", summary="LoRA adapter versions with their manifests.")
-    async def adapters(self, service_state: ServiceState) -> list[ArtifactOut]:
+    async def adapters(self, service_state: NamedDependency[ServiceState]) -> list[ArtifactOut]:
         loaded = service_state.backend.loaded_adapters()
         return [_out(a, service_state.active_adapter, loaded, False)
                 for a in artifacts.list_artifacts(service_state.settings, "adapter")]
 
     @get("/adapters/{adapter_id:str}", summary="One adapter with its full manifest.")
-    async def adapter(self, adapter_id: str, service_state: ServiceState) -> ArtifactOut:
+    async def adapter(self, adapter_id: FromPath[str], service_state: NamedDependency[ServiceState]) -> ArtifactOut:
         artifact = artifacts.get_artifact(service_state.settings, "adapter", adapter_id)
         return _out(artifact, service_state.active_adapter, service_state.backend.loaded_adapters(), True)
 
     @post("/adapters/{adapter_id:str}/activate", summary="Switch the serving adapter (use 'base' for none).",
           status_code=200)
-    async def activate_adapter(self, adapter_id: str, service_state: ServiceState) -> dict[str, Any]:
+    async def activate_adapter(self, adapter_id: FromPath[str], service_state: NamedDependency[ServiceState]) -> dict[str, Any]:
         await service_state.activate_adapter(None if adapter_id == "base" else adapter_id)
         return {"active_adapter": service_state.active_adapter}
 
     @get("/embedders", summary="Fine-tuned embedder versions with their manifests.")
-    async def embedders(self, service_state: ServiceState) -> list[ArtifactOut]:
+    async def embedders(self, service_state: NamedDependency[ServiceState]) -> list[ArtifactOut]:
         active = artifacts.active_id(service_state.settings, "embedder")
         return [_out(a, active, [], False) for a in artifacts.list_artifacts(service_state.settings, "embedder")]
 
     @post("/embedders/{embedder_id:str}/activate", status_code=202, return_dto=JobDTO,
           summary="Rebuild the index with this embedder ('base' for the configured one), then swap it in.")
-    async def activate_embedder(self, embedder_id: str, service_state: ServiceState, job_runner: JobRunner) -> Job:
+    async def activate_embedder(self, embedder_id: FromPath[str], service_state: NamedDependency[ServiceState], job_runner: NamedDependency[JobRunner]) -> Job:
         settings = service_state.settings
         if embedder_id == "base":
             target_id, location = None, None

@@ -8,7 +8,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from litestar import Controller, Request, Response, get, post
+from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromPath
 from litestar.response import ServerSentEvent
 from msgspec import to_builtins
 from sqlalchemy import select
@@ -24,7 +26,7 @@ from service.schemas import ChatRequest, ChatResponse, FeedbackRequest, Feedback
 HISTORY_TURNS = 6  # earlier messages sent back to the model with a follow-up question
 
 
-async def load_history(sessions: async_sessionmaker[AsyncSession], conversation_id: uuid.UUID | None) -> list[PromptMessage]:
+async def load_history(sessions: NamedDependency[async_sessionmaker[AsyncSession]], conversation_id: uuid.UUID | None) -> list[PromptMessage]:
     if conversation_id is None:
         return []
     async with sessions() as session:
@@ -34,7 +36,7 @@ async def load_history(sessions: async_sessionmaker[AsyncSession], conversation_
         return [{"role": m.role, "content": m.content} for m in conversation.messages][-HISTORY_TURNS:]
 
 
-async def store_turn(sessions: async_sessionmaker[AsyncSession], conversation_id: uuid.UUID | None, question: str,
+async def store_turn(sessions: NamedDependency[async_sessionmaker[AsyncSession]], conversation_id: uuid.UUID | None, question: str,
                      answer: Answer, api_key: str | None) -> tuple[uuid.UUID, uuid.UUID]:
     details = {"mode": answer.mode, "adapter": answer.adapter, "index_version": answer.index_version,
                "embedder": answer.embedder, "sources": answer.sources, "cited_doc_ids": answer.cited_doc_ids,
@@ -70,7 +72,7 @@ class ChatController(Controller):
     @post("/chat", summary="Answer a customer question (set stream=true for Server-Sent Events).", status_code=200,
           responses={200: ResponseSpec(data_container=ChatResponse, description="The answer, or with stream=true an "
                                        "event stream of `token` events and a final `done` event with this body.")})
-    async def chat(self, data: ChatRequest, chat_service: ChatService, sessions: async_sessionmaker[AsyncSession],
+    async def chat(self, data: ChatRequest, chat_service: NamedDependency[ChatService], sessions: NamedDependency[async_sessionmaker[AsyncSession]],
                    request: Request) -> Response[Any]:
         history = await load_history(sessions, data.conversation_id)
         api_key = presented_key(request)
@@ -96,7 +98,7 @@ class ChatController(Controller):
         return ServerSentEvent(events())
 
     @get("/conversations/{conversation_id:uuid}", summary="A conversation's messages.")
-    async def conversation(self, conversation_id: uuid.UUID, sessions: async_sessionmaker[AsyncSession]) -> dict[str, Any]:
+    async def conversation(self, conversation_id: FromPath[uuid.UUID], sessions: NamedDependency[async_sessionmaker[AsyncSession]]) -> dict[str, Any]:
         async with sessions() as session:
             conversation = await session.get(Conversation, conversation_id)
             if conversation is None:
@@ -106,8 +108,8 @@ class ChatController(Controller):
                  "created_at": m.created_at.isoformat()} for m in conversation.messages]}
 
     @post("/chat/{conversation_id:uuid}/feedback", summary="Rate an answer (defaults to the latest one).", status_code=201)
-    async def feedback(self, conversation_id: uuid.UUID, data: FeedbackRequest,
-                       sessions: async_sessionmaker[AsyncSession]) -> FeedbackResponse:
+    async def feedback(self, conversation_id: FromPath[uuid.UUID], data: FeedbackRequest,
+                       sessions: NamedDependency[async_sessionmaker[AsyncSession]]) -> FeedbackResponse:
         async with sessions() as session, session.begin():
             query = select(Message).where(Message.conversation_id == conversation_id, Message.role == "assistant")
             if data.message_id is not None:

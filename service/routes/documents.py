@@ -17,7 +17,9 @@ from typing import Any
 import msgspec
 from litestar import Controller, Request, delete, get, post
 from litestar.datastructures import UploadFile
+from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException
+from litestar.params import FromPath
 
 from core.errors import ConflictError, InvalidInputError, NotFoundError
 from retrieval import index_store
@@ -62,7 +64,7 @@ class DocumentController(Controller):
     guards = [requires("admin")]
 
     @get("/documents", summary="Indexed documents, plus uploads not indexed yet.")
-    async def list_documents(self, service_state: ServiceState) -> list[DocumentOut]:
+    async def list_documents(self, service_state: NamedDependency[ServiceState]) -> list[DocumentOut]:
         settings = service_state.settings
         manifest = index_store.read_manifest(settings.paths.index_dir)
         uploads = settings.paths.documents_dir.resolve()
@@ -82,7 +84,7 @@ class DocumentController(Controller):
     # Uploads have their own limit (server.max_upload_bytes per file), checked below instead of the app-wide one.
     @post("/documents", summary="Upload files (multipart) or JSON documents; refreshes the index.", status_code=202,
           request_max_body_size=None)
-    async def upload(self, request: Request, service_state: ServiceState, job_runner: JobRunner) -> dict[str, Any]:
+    async def upload(self, request: Request, service_state: NamedDependency[ServiceState], job_runner: NamedDependency[JobRunner]) -> dict[str, Any]:
         settings = service_state.settings
         content_type = request.headers.get("content-type", "")
         declared = int(request.headers.get("content-length") or 0)
@@ -169,7 +171,7 @@ class DocumentController(Controller):
                     raise ConflictError(f"document {doc.doc_id!r} was uploaded as {existing.name}; delete it first")
 
     @delete("/documents/{doc_id:str}", summary="Delete an uploaded document; refreshes the index.", status_code=202)
-    async def delete_document(self, doc_id: str, service_state: ServiceState, job_runner: JobRunner) -> dict[str, Any]:
+    async def delete_document(self, doc_id: FromPath[str], service_state: NamedDependency[ServiceState], job_runner: NamedDependency[JobRunner]) -> dict[str, Any]:
         settings = service_state.settings
         uploaded = [p for p in settings.paths.documents_dir.glob("*") if p.is_file() and p.stem == doc_id] \
             if settings.paths.documents_dir.is_dir() else []
@@ -186,17 +188,17 @@ class DocumentController(Controller):
 
     @post("/index/refresh", summary="Incremental reindex job (only new or changed documents are embedded).",
           status_code=202, return_dto=JobDTO)
-    async def refresh(self, service_state: ServiceState, job_runner: JobRunner) -> Job:
+    async def refresh(self, service_state: NamedDependency[ServiceState], job_runner: NamedDependency[JobRunner]) -> Job:
         return await start_index_job(job_runner, service_state, "index.refresh", rebuild=False)
 
     @post("/index/rebuild", summary="Full rebuild job (re-embeds every document).", status_code=202, return_dto=JobDTO)
-    async def rebuild(self, service_state: ServiceState, job_runner: JobRunner) -> Job:
+    async def rebuild(self, service_state: NamedDependency[ServiceState], job_runner: NamedDependency[JobRunner]) -> Job:
         return await start_index_job(job_runner, service_state, "index.rebuild", rebuild=True)
 
     @get("/jobs/{job_id:uuid}", summary="A job's status, progress (with ETA) and result.", return_dto=JobDTO)
-    async def job(self, job_id: uuid.UUID, job_runner: JobRunner) -> Job:
+    async def job(self, job_id: FromPath[uuid.UUID], job_runner: NamedDependency[JobRunner]) -> Job:
         return await job_runner.get(job_id)
 
     @get("/jobs", summary="Recent jobs, newest first.", return_dto=JobDTO)
-    async def jobs(self, job_runner: JobRunner) -> list[Job]:
+    async def jobs(self, job_runner: NamedDependency[JobRunner]) -> list[Job]:
         return await job_runner.list()

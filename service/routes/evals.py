@@ -8,6 +8,8 @@ import uuid
 from typing import Any
 
 from litestar import Controller, Response, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath
 from litestar.response import File
 
 from core.errors import ConflictError, NotFoundError
@@ -29,7 +31,7 @@ class EvalController(Controller):
 
     @post("/", summary="Start a prompt-only vs RAG vs FT vs combined evaluation job.", status_code=202,
           return_dto=JobDTO)
-    async def start(self, data: EvalRequest, service_state: ServiceState, job_runner: JobRunner) -> Job:
+    async def start(self, data: EvalRequest, service_state: NamedDependency[ServiceState], job_runner: NamedDependency[JobRunner]) -> Job:
         from eval.runner import EvalOptions, run_evaluation
 
         settings = service_state.settings
@@ -47,7 +49,7 @@ class EvalController(Controller):
         return job
 
     @get("/{job_id:uuid}", summary="The evaluation's JSON report (or the job's status while it runs).")
-    async def result(self, job_id: uuid.UUID, service_state: ServiceState, job_runner: JobRunner) -> Response[Any]:
+    async def result(self, job_id: FromPath[uuid.UUID], service_state: NamedDependency[ServiceState], job_runner: NamedDependency[JobRunner]) -> Response[Any]:
         job = await job_runner.get(job_id)
         if job.kind != "eval":
             raise NotFoundError(f"job {job_id} is not an evaluation")
@@ -58,7 +60,7 @@ class EvalController(Controller):
         return Response(json.loads(report.read_text()))
 
     @get("/{job_id:uuid}/report", summary="The self-contained HTML report.", media_type="text/html")
-    async def report(self, job_id: uuid.UUID, service_state: ServiceState, job_runner: JobRunner) -> File:
+    async def report(self, job_id: FromPath[uuid.UUID], service_state: NamedDependency[ServiceState], job_runner: NamedDependency[JobRunner]) -> File:
         job = await job_runner.get(job_id)
         path = _report_dir(service_state, job_id) / "report.html"
         if job.status != "succeeded" or not path.is_file():

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from litestar import Controller, Response, get, post
+from litestar.di import NamedDependency
 from litestar.response import ServerSentEvent
 
 from core import artifacts
@@ -51,13 +52,13 @@ class OpenAIController(Controller):
     guards = [requires("chat")]
 
     @get("/models", summary="Models usable in chat completions.")
-    async def models(self, service_state: ServiceState) -> dict[str, Any]:
+    async def models(self, service_state: NamedDependency[ServiceState]) -> dict[str, Any]:
         ids = ["tunerag", "base", *(a.id for a in artifacts.list_artifacts(service_state.settings, "adapter"))]
         return {"object": "list", "data": [{"id": i, "object": "model", "owned_by": "tunerag"} for i in ids]}
 
     @post("/chat/completions", summary="OpenAI-compatible chat completion with retrieval.", status_code=200)
-    async def completions(self, data: ChatCompletionRequest, chat_service: ChatService,
-                          service_state: ServiceState) -> Response[Any]:
+    async def completions(self, data: ChatCompletionRequest, chat_service: NamedDependency[ChatService],
+                          service_state: NamedDependency[ServiceState]) -> Response[Any]:
         turns = [m for m in data.messages if m.role != "system"]
         if not turns or turns[-1].role != "user":
             raise InvalidInputError("messages must end with a user message")

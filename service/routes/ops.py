@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Response, get
+from litestar.di import NamedDependency
 from litestar.plugins.prometheus import PrometheusController
 
 from service.state import ServiceState
@@ -16,7 +17,7 @@ async def health() -> dict[str, str]:
 
 
 @get("/ready", tags=["ops"], summary="Readiness: models and index are loaded.")
-async def ready(service_state: ServiceState | None) -> Response[dict[str, Any]]:
+async def ready(service_state: NamedDependency[ServiceState | None]) -> Response[dict[str, Any]]:
     if service_state is None or service_state.retriever is None:
         return Response({"status": "starting"}, status_code=503)
     return Response({
