@@ -13,7 +13,7 @@ from typing import Any
 from jinja2 import Environment
 
 TABLE_METRICS = (
-    ("rouge_l", "ROUGE-L"), ("token_f1", "Token F1"), ("embedding_similarity", "Emb. sim."),
+    ("rouge_l", "ROUGE-L"), ("token_f1", "Token F1"), ("embedding_similarity", "Emb. sim."), ("judge_score", "LLM judge"),
     ("style_adherence", "Style"), ("groundedness", "Grounded"), ("citation_validity", "Cit. valid"),
     ("citation_hit", "Cit. hit"), ("refusal_correct", "Refusal ok"), ("false_refusal", "False refusal"),
     ("ndcg@10", "nDCG@10"), ("recall@5", "Recall@5"), ("completion_tokens", "Tokens"),

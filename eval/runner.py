@@ -291,6 +291,11 @@ def run_evaluation(settings: Settings, options: EvalOptions | None = None, *,
     similarity_model = load_embedder(settings, base_embedder)
     references = similarity_model.encode([i.reference_answer for i in items], normalize_embeddings=True,
                                          show_progress_bar=False)
+    judge = None
+    if cfg.judge_base_url:
+        from eval.judge import Judge
+
+        judge = Judge(cfg)
     per_system: dict[str, Any] = {}
     scored_by_system: dict[str, list[dict[str, Any]]] = {}
     for name, run in runs.items():
@@ -300,15 +305,21 @@ def run_evaluation(settings: Settings, options: EvalOptions | None = None, *,
             answers = similarity_model.encode([a["answer"] or "" for a in run.answers], normalize_embeddings=True,
                                               show_progress_bar=False)
             scored = score(run, items, rules, settings, (answers * references).sum(axis=1))
+            if judge is not None:
+                grades = judge.score_many([i.question for i in items], [i.reference_answer for i in items],
+                                          [a["answer"] for a in run.answers])
+                for row, grade in zip(scored, grades, strict=True):
+                    row["metrics"]["judge_score"] = grade
             scored_by_system[name] = scored
             entry.update({"metrics": aggregate(scored, settings), "wall_time_s": round(run.seconds, 1)})
         per_system[name] = entry
 
     comparisons = []
     ok = [n for n in SYSTEM_ORDER if n in scored_by_system]
+    paired_metrics = PAIRED_METRICS + (("judge_score",) if judge is not None else ())
     for i, a in enumerate(ok):
         for b in ok[i + 1 :]:
-            for metric in PAIRED_METRICS:
+            for metric in paired_metrics:
                 comparisons.append(paired_test(
                     [s["metrics"].get(metric) for s in scored_by_system[b]],
                     [s["metrics"].get(metric) for s in scored_by_system[a]],
@@ -350,7 +361,7 @@ def run_evaluation(settings: Settings, options: EvalOptions | None = None, *,
     return report
 
 
-HEADLINE_METRICS = ("rouge_l", "token_f1", "embedding_similarity", "style_adherence", "groundedness",
+HEADLINE_METRICS = ("rouge_l", "token_f1", "embedding_similarity", "judge_score", "style_adherence", "groundedness",
                     "citation_validity", "citation_hit", "refusal_correct", "false_refusal", "ndcg@10", "recall@5",
                     "completion_tokens", "seconds_per_answer")
 
