@@ -14,7 +14,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -33,6 +33,9 @@ _config_file: ContextVar[Path | None] = ContextVar("tunerag_config_file", defaul
 
 class PathSettings(BaseModel):
     """Where tunerag keeps its state. A temporary ``data_dir`` gives a fully isolated instance."""
+
+    # Defaults go through the validators too, so "~" in the default cache_dir is expanded.
+    model_config = ConfigDict(validate_default=True)
 
     data_dir: Path = Field(Path("var"), description="Indexes, artifacts, databases and reports.")
     cache_dir: Path = Field(

