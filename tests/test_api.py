@@ -315,3 +315,22 @@ def test_jobs_survive_a_restart_as_failed_and_resumable(api_settings: Settings) 
         assert c.get(f"/v1/jobs/{job_id}", headers=H_ADMIN).json()["status"] == "succeeded"
         assert len(c.get("/v1/jobs", headers=H_ADMIN).json()) == 2
         assert c.get("/v1/jobs/7b1f6e3c-0000-4000-8000-000000000000", headers=H_ADMIN).status_code == 404
+
+
+def test_eval_job_then_json_and_html_report(client: TestClient, api_settings: Settings) -> None:
+    job = client.post("/v1/evals", json={"limit": 2, "systems": ["prompt", "rag"]}, headers=H_ADMIN)
+    assert job.status_code == 202 and job.json()["kind"] == "eval"
+    job_id = job.json()["id"]
+    assert client.get(f"/v1/evals/{job_id}/report", headers=H_ADMIN).status_code in (200, 409)
+    finished = wait_job(client, job_id, timeout=120)
+    assert finished["status"] == "succeeded", finished
+    report = client.get(f"/v1/evals/{job_id}", headers=H_ADMIN).json()
+    assert report["data"]["questions"] == 2 and set(report["systems"]) == {"prompt", "rag"}
+    page = client.get(f"/v1/evals/{job_id}/report", headers=H_ADMIN)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "tunerag evaluation" in page.text
+    assert client.get("/v1/embedders", headers=H_ADMIN).json() == []
+    bad = client.post("/v1/evals", json={"systems": ["oracle"]}, headers=H_ADMIN)
+    assert bad.status_code == 400
+    not_eval = client.post("/v1/index/refresh", headers=H_ADMIN).json()["id"]
+    assert client.get(f"/v1/evals/{not_eval}", headers=H_ADMIN).status_code == 404

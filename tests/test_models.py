@@ -61,7 +61,9 @@ def test_tiny_models_load_once_per_process(settings: Settings) -> None:
 
 
 def test_gguf_in_a_local_folder_is_found(tmp_path: Path) -> None:
-    gguf = Path(resolve_generator(load_settings(), convert=False).location)
+    package = resolve_generator(load_settings(cache_dir=tmp_path / "empty-cache"), convert=False)
+    assert package.source == "package"
+    gguf = Path(package.location)
     folder = tmp_path / "mine"
     folder.mkdir()
     name = next(gguf.glob("*.gguf")).name
