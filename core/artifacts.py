@@ -125,6 +125,19 @@ def activate(settings: Settings, kind: ArtifactKind, artifact_id: str | None) ->
     os.replace(tmp, root / "ACTIVE")
 
 
+def active_embedder_location(settings: Settings) -> str | None:
+    """The model folder of the active fine-tuned embedder, or None when the base embedder is in use."""
+    active = active_id(settings, "embedder")
+    return str(get_artifact(settings, "embedder", active).path / "model") if active else None
+
+
+def embedder_artifact_id(settings: Settings, location: str) -> str | None:
+    """The id of the fine-tuned embedder artifact that ``location`` belongs to (None: not an artifact)."""
+    root = kind_dir(settings, "embedder").resolve()
+    path = Path(location).resolve()
+    return path.relative_to(root).parts[0] if path.is_relative_to(root) else None
+
+
 def data_hash(rows: Iterable[Any]) -> str:
     """sha256 over the JSON of each row, in order: the identity of a training set."""
     digest = hashlib.sha256()

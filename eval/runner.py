@@ -34,11 +34,10 @@ from core.settings import Settings
 from eval import answer_metrics as am
 from eval.stats import bootstrap_ci, holm_adjust, paired_test
 from eval.style import StyleRules, check_style, is_refusal
-from retrieval import index_store
 from retrieval.embedding import embedder_fingerprint
 from retrieval.indexer import update_index
 from retrieval.metrics import query_metrics
-from retrieval.search import Retriever, doc_ranking
+from retrieval.search import Retriever, doc_ranking, open_retriever
 
 logger = logging.getLogger(__name__)
 
@@ -126,8 +125,7 @@ def _retriever(settings: Settings, location: str, root: Path) -> Retriever:
     private = settings.model_copy(update={"paths": settings.paths.model_copy(
         update={"data_dir": root / embedder_fingerprint(location)})})
     update_index(private, embedder_location=location)
-    version = index_store.open_version(private.paths.index_dir)
-    return Retriever(version, load_embedder(settings, location), settings.retrieval)
+    return open_retriever(settings, private.paths.index_dir)
 
 
 def _prompt_hash(prompt: str, adapter: str | None, max_new_tokens: int) -> str:

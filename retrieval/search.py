@@ -8,16 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from core.errors import InvalidInputError
+from core.models import load_embedder
 from core.prompt import ContextPassage
-from core.settings import RetrievalSettings
+from core.settings import RetrievalSettings, Settings
 from retrieval.documents import Chunk
 from retrieval.embedding import encode
-from retrieval.index_store import IndexVersion
+from retrieval.index_store import IndexVersion, open_version
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -164,3 +166,14 @@ class Retriever:
     def search(self, query: str, k: int | None = None, mode: SearchMode | None = None,
                filters: Filters | None = None) -> list[SearchResult]:
         return self.search_many([query], k, mode, filters)[0]
+
+
+def open_retriever(settings: Settings, index_dir: Path | None = None) -> Retriever:
+    """A retriever over the ``CURRENT`` version in ``index_dir`` (default: the settings' index), querying
+    with the embedder that version was built with (loaded once per process).
+
+    Raises:
+        NotFoundError: no index has been built there.
+    """
+    version = open_version(index_dir or settings.paths.index_dir)
+    return Retriever(version, load_embedder(settings, version.manifest.embedder_location), settings.retrieval)

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from core.errors import TuneragError
 from core.logs import configure_logging
 from core.settings import Settings, load_settings
-from service.auth import key_id, presented_key
+from service.auth import key_id, presented_key, rate_limit_identity
 from service.backends import GenerationBackend, LocalBackend, OpenAIBackend
 from service.chat import ChatService
 from service.db import RequestLog, alchemy_config
@@ -160,7 +160,7 @@ def create_app(settings: Settings | None = None, *, backend: GenerationBackend |
         middleware=[
             request_log_middleware,
             RateLimitConfig(rate_limit=("minute", server.rate_limit_per_minute), exclude=["/health", "/ready", "/metrics"],
-                            identifier_for_request=lambda request: _rate_key(request)).middleware,
+                            identifier_for_request=rate_limit_identity).middleware,
             PrometheusConfig(app_name="tunerag", prefix="tunerag", group_path=True, exclude=["/metrics"]).middleware,
         ],
         cors_config=CORSConfig(allow_origins=server.cors_origins) if server.cors_origins else None,
@@ -170,9 +170,3 @@ def create_app(settings: Settings | None = None, *, backend: GenerationBackend |
         state=State({"settings": settings}),
     )
     return app
-
-
-def _rate_key(request: Request) -> str:
-    from service.auth import rate_limit_identity
-
-    return rate_limit_identity(request)

@@ -149,16 +149,12 @@ def index(
             update={"embedder": embedder})})).location
     elif manifest is not None and not rebuild:
         location = manifest.embedder_location
-    elif artifacts.active_id(settings, "embedder"):
-        location = str(artifacts.get_artifact(settings, "embedder", "active").path / "model")
     else:
-        location = resolve_embedder(settings).location
+        location = artifacts.active_embedder_location(settings) or resolve_embedder(settings).location
     with _library_output_to_stderr():
         report = update_index(settings, paths or None, rebuild=rebuild, embedder_location=location, progress=True)
     # The API and later incremental runs follow the embedder the index was just built with.
-    tuned_root = artifacts.kind_dir(settings, "embedder").resolve()
-    is_artifact = Path(location).resolve().is_relative_to(tuned_root)
-    artifacts.activate(settings, "embedder", Path(location).resolve().parent.name if is_artifact else None)
+    artifacts.activate(settings, "embedder", artifacts.embedder_artifact_id(settings, location))
     typer.echo(json.dumps(asdict(report) | {"seconds": round(report.seconds, 2)}))
 
 
@@ -171,15 +167,13 @@ def search(
     mode: Annotated[str | None, typer.Option(help="dense | bm25 | hybrid (default: retrieval.search_mode)")] = None,
 ) -> None:
     """Search the index (dense by default; BM25 and hybrid reciprocal-rank fusion on request)."""
-    from core.models import load_embedder
-    from retrieval.index_store import open_version
-    from retrieval.search import Retriever
+    from retrieval.search import open_retriever
 
     if mode is not None and mode not in ("dense", "bm25", "hybrid"):
         raise TuneragError(f"--mode must be one of dense, bm25, hybrid; got {mode!r}")
     settings = _settings(ctx)
-    version = open_version(settings.paths.index_dir)
-    retriever = Retriever(version, load_embedder(settings, version.manifest.embedder_location), settings.retrieval)
+    retriever = open_retriever(settings)
+    version = retriever.version
     results = retriever.search(query, k=k, mode=mode)  # type: ignore[arg-type]
     if as_json:
         typer.echo(json.dumps({"index_version": version.name, "results": [r.to_json() for r in results]}, indent=2))

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import anyio
 
 from core import artifacts
 from core.errors import NotFoundError
-from core.models import load_embedder
 from core.settings import Settings
 from retrieval import index_store
 from retrieval.indexer import update_index
-from retrieval.search import Retriever
+from retrieval.search import Retriever, open_retriever
 from service.backends import GenerationBackend
 
 logger = logging.getLogger(__name__)
@@ -48,14 +46,12 @@ class ServiceState:
     def embedder_is_finetuned(self) -> bool:
         if self.retriever is None:
             return False
-        root = artifacts.kind_dir(self.settings, "embedder").resolve()
-        return Path(self.retriever.version.manifest.embedder_location).resolve().is_relative_to(root)
+        return artifacts.embedder_artifact_id(self.settings, self.retriever.version.manifest.embedder_location) is not None
 
     def open_current_index(self) -> None:
         """(Re)load the ``CURRENT`` index version and swap it in."""
-        version = index_store.open_version(self.settings.paths.index_dir)
-        embedder = load_embedder(self.settings, version.manifest.embedder_location)
-        self.retriever = Retriever(version, embedder, self.settings.retrieval)
+        self.retriever = open_retriever(self.settings)
+        version = self.retriever.version
         logger.info("serving index %s (%d chunks, embedder %s)", version.name, len(version.chunks),
                     version.manifest.embedder_id)
 
@@ -63,7 +59,7 @@ class ServiceState:
         """Open the index (building the configured sources when none exists) and load the active adapter."""
         if index_store.current_version(self.settings.paths.index_dir) is None:
             logger.info("no index yet: building one from %s", [str(s) for s in self.settings.retrieval.sources])
-            embedder = self.active_embedder_location()
+            embedder = artifacts.active_embedder_location(self.settings)
             await anyio.to_thread.run_sync(lambda: update_index(self.settings, embedder_location=embedder))
         await anyio.to_thread.run_sync(self.open_current_index)
         adapter_id = artifacts.active_id(self.settings, "adapter")
@@ -75,10 +71,6 @@ class ServiceState:
             self.notes.append("the index uses the base embedder: combined retrieval is not fine-tuned")
         for note in self.notes:
             logger.info(note)
-
-    def active_embedder_location(self) -> str | None:
-        active = artifacts.active_id(self.settings, "embedder")
-        return str(artifacts.get_artifact(self.settings, "embedder", active).path / "model") if active else None
 
     async def activate_adapter(self, adapter_id: str | None) -> None:
         """Load (if needed) and switch to an adapter, or back to the base model with ``None``."""

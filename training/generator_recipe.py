@@ -25,12 +25,12 @@ from typing import Any
 from core import artifacts
 from core.errors import InvalidInputError, NotFoundError
 from core.jsonl import read_jsonl
-from core.models import load_embedder, load_generator, resolve_device, resolve_generator
+from core.models import load_generator, resolve_device, resolve_generator
 from core.prompt import ContextPassage, build_prompt, load_template
 from core.settings import GeneratorTrainingSettings, Settings
 from retrieval import index_store
 from retrieval.indexer import update_index
-from retrieval.search import Retriever
+from retrieval.search import Retriever, open_retriever
 from training.generator_data import (
     RaftConfig,
     TrainingRow,
@@ -54,8 +54,7 @@ def training_retriever(settings: Settings, workdir: Path) -> Retriever:
         private = settings.model_copy(update={"paths": settings.paths.model_copy(update={"data_dir": workdir})})
         update_index(private)
         index_dir = private.paths.index_dir
-    version = index_store.open_version(index_dir)
-    return Retriever(version, load_embedder(settings, version.manifest.embedder_location), settings.retrieval)
+    return open_retriever(settings, index_dir)
 
 
 def qlora_decision(cfg: GeneratorTrainingSettings, device: str) -> tuple[bool, str]:

@@ -21,6 +21,7 @@ from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 
+from core import artifacts
 from core.errors import ConflictError, InvalidInputError, NotFoundError
 from retrieval import index_store
 from retrieval.indexer import update_index
@@ -46,7 +47,7 @@ def start_index_job(runner: JobRunner, state: ServiceState, kind: str, *, rebuil
     settings = state.settings
 
     def work(progress) -> dict[str, Any]:
-        location = embedder_location or state.active_embedder_location()
+        location = embedder_location or artifacts.active_embedder_location(settings)
         report = update_index(settings, rebuild=rebuild, embedder_location=location, on_progress=progress)
         return {k: getattr(report, k) for k in report.__dataclass_fields__}
 
@@ -58,6 +59,11 @@ def start_index_job(runner: JobRunner, state: ServiceState, kind: str, *, rebuil
     return runner.submit(kind, params or {"rebuild": rebuild}, work, lane="index", on_success=swap)
 
 
+def _is_upload(settings, source: str) -> bool:
+    """Whether a document source (``path`` or ``path#Lnn``) lies in the API's upload folder."""
+    return Path(source.split("#")[0]).resolve().is_relative_to(settings.paths.documents_dir.resolve())
+
+
 class DocumentController(Controller):
     path = "/v1"
     tags = ["documents"]
@@ -67,14 +73,12 @@ class DocumentController(Controller):
     async def list_documents(self, service_state: NamedDependency[ServiceState]) -> list[DocumentOut]:
         settings = service_state.settings
         manifest = index_store.read_manifest(settings.paths.index_dir)
-        uploads = settings.paths.documents_dir.resolve()
         out = []
         indexed = set()
         for doc_id, entry in (manifest.documents if manifest else {}).items():
             indexed.add(doc_id)
-            uploaded = Path(entry.source.split("#")[0]).resolve().is_relative_to(uploads)
             out.append(DocumentOut(doc_id, entry.title, entry.source, entry.format, len(entry.chunk_ids),
-                                   entry.updated_at, uploaded))
+                                   entry.updated_at, _is_upload(settings, entry.source)))
         if settings.paths.documents_dir.is_dir():
             for doc in load_documents([settings.paths.documents_dir]):
                 if doc.doc_id not in indexed:
@@ -161,10 +165,9 @@ class DocumentController(Controller):
     @staticmethod
     def _check_conflicts(state: ServiceState, staged, staging: Path) -> None:
         manifest = index_store.read_manifest(state.settings.paths.index_dir)
-        uploads = state.settings.paths.documents_dir.resolve()
         for doc in staged:
             entry = manifest.documents.get(doc.doc_id) if manifest else None
-            if entry is not None and not Path(entry.source.split("#")[0]).resolve().is_relative_to(uploads):
+            if entry is not None and not _is_upload(state.settings, entry.source):
                 raise ConflictError(f"document id {doc.doc_id!r} already comes from {entry.source}; choose another id")
             for existing in state.settings.paths.documents_dir.glob(f"{Path(doc.source).stem}.*"):
                 if existing.is_file() and existing.name != Path(doc.source).name:
