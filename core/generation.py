@@ -20,12 +20,17 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Generation:
-    """One decoded answer with its token counts and the wall time of the batch it was decoded in."""
+    """One decoded answer with its token counts and the wall time of the batch it was decoded in.
+
+    ``finish_reason`` is ``"stop"`` when the model ended the answer (EOS) and ``"length"`` when
+    ``max_new_tokens`` cut it, as in the OpenAI API.
+    """
 
     text: str
     prompt_tokens: int
     completion_tokens: int
     seconds: float
+    finish_reason: str = "stop"
 
 
 def generate(
@@ -83,10 +88,11 @@ def generate(
             new_tokens = out[:, enc["input_ids"].shape[1] :]
             for row, mask in zip(new_tokens, enc["attention_mask"], strict=True):
                 ids = row.tolist()
-                if tokenizer.eos_token_id in ids:
+                stopped = tokenizer.eos_token_id in ids
+                if stopped:
                     ids = ids[: ids.index(tokenizer.eos_token_id) + 1]
                 text = tokenizer.decode(ids, skip_special_tokens=True).strip()
-                results.append(Generation(text, int(mask.sum()), len(ids), elapsed))
+                results.append(Generation(text, int(mask.sum()), len(ids), elapsed, "stop" if stopped else "length"))
     finally:
         tokenizer.padding_side, tokenizer.truncation_side = old_side, old_trunc
     return results

@@ -12,20 +12,64 @@ Train/serve skew is avoided by construction: nothing else in tunerag formats a p
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
-from core.errors import ConfigError
-from core.settings import Settings
+from core.errors import ConfigError, InvalidInputError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+    from core.settings import Settings
+
 Role = Literal["system", "user", "assistant"]
 Message = dict[str, str]
+
+# --- the vocabulary every package shares (settings, serving, training, evaluation) ------------------------
+
+#: The four ways of answering that serving offers and evaluation compares, in report order.
+Mode = Literal["prompt", "rag", "ft", "combined"]
+MODES: tuple[Mode, ...] = get_args(Mode)
+
+#: Doc ids: one or more ``/``-separated segments of letters, digits, ``_``, ``.`` and ``-``, each starting
+#: with a letter or digit (so ``..`` can never be a segment). Answers cite a document as ``[doc-id]``.
+DOC_ID_SEGMENT = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+DOC_ID_PATTERN = rf"{DOC_ID_SEGMENT}(?:/{DOC_ID_SEGMENT})*"
+DOC_ID_MAX_LENGTH = 200
+DOC_ID_RE = re.compile(rf"^{DOC_ID_PATTERN}$")
+#: A citation in an answer; group 1 is the doc id.
+CITATION = re.compile(rf"\[({DOC_ID_PATTERN})\]")
+
+
+def validate_doc_id(doc_id: str, where: str = "document") -> str:
+    """Return ``doc_id`` when it follows the doc-id grammar.
+
+    Raises:
+        InvalidInputError: naming ``where`` (a file, a line, a request field), the bad id and the grammar.
+    """
+    if not isinstance(doc_id, str) or len(doc_id) > DOC_ID_MAX_LENGTH or not DOC_ID_RE.match(doc_id):
+        raise InvalidInputError(
+            f"{where}: invalid document id {str(doc_id)[:80]!r}; ids are at most {DOC_ID_MAX_LENGTH} characters of "
+            "letters, digits, '_', '.', '-', in '/'-separated parts that each start with a letter or digit"
+        )
+    return doc_id
+
+
+def doc_id_from_path(relative: str) -> str:
+    """A doc id for a file with no explicit id: its relative path without suffix, other characters as ``-``.
+
+    ``help/My Doc (v2)`` becomes ``help/My-Doc-v2``; deterministic, so the id is stable across runs.
+    """
+    parts = []
+    for part in relative.split("/"):
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", part).strip("-._")
+        if slug:
+            parts.append(slug)
+    return validate_doc_id("/".join(parts), relative)
 
 CONTEXT_HEADER = "Context documents:"
 NO_CONTEXT_NOTE = "(no documents matched this question)"

@@ -23,6 +23,7 @@ from pydantic_settings import (
 )
 
 from core.errors import ConfigError
+from core.prompt import MODES, Mode
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DIR = REPO_ROOT / "data" / "sample"
@@ -227,8 +228,8 @@ class EvalSettings(BaseModel):
     """Defaults for `tunerag eval`: the held-out set, the systems, the house-style rules, the statistics."""
 
     eval_file: Path = SAMPLE_DIR / "eval.jsonl"
-    systems: list[Literal["prompt", "rag", "ft", "combined"]] = Field(
-        default_factory=lambda: ["prompt", "rag", "ft", "combined"]
+    systems: list[Mode] = Field(
+        default_factory=lambda: list(MODES)
     )
     adapter: str = Field("active", description="Adapter for ft/combined: an id, 'active' or 'latest' (active, else latest).")
     embedder: str = Field("active", description="Fine-tuned embedder for combined: an id, 'active' or 'latest'.")
@@ -257,9 +258,12 @@ class ServerSettings(BaseModel):
         description="API key -> scopes. Empty means auth is off (development only).",
     )
     cors_origins: list[str] = Field(default_factory=list)
-    rate_limit_per_minute: int = Field(120, gt=0)
-    max_request_bytes: int = Field(2_000_000, gt=0)
-    max_upload_bytes: int = Field(10_000_000, gt=0)
+    rate_limit_per_minute: int = Field(120, gt=0, description="Requests per minute per known key (else per client IP).")
+    max_request_bytes: int = Field(2_000_000, gt=0, description="Largest request body (bytes actually read) on every route but uploads.")
+    max_upload_bytes: int = Field(10_000_000, gt=0, description="Largest uploaded file, and largest JSON documents body.")
+    max_upload_request_bytes: int = Field(32_000_000, gt=0, description="Largest multipart upload request (all files together).")
+    parse_timeout_s: float = Field(20.0, gt=0, description="Time budget for parsing one uploaded file (a killed child process).")
+    parse_memory_mb: int = Field(1024, ge=16, description="Memory budget for parsing one uploaded file.")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite in data_dir.")
     generation_backend: Literal["local", "openai"] = "local"
     openai_base_url: str | None = None

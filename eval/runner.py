@@ -29,7 +29,7 @@ from core.engine import GenerationEngine
 from core.errors import InvalidInputError, NotFoundError
 from core.jsonl import read_jsonl
 from core.models import load_embedder, resolve_embedder, resolve_generator
-from core.prompt import build_prompt, load_template
+from core.prompt import MODES, Mode, build_prompt, load_template
 from core.settings import Settings
 from eval import answer_metrics as am
 from eval.stats import bootstrap_ci, holm_adjust, paired_test
@@ -41,8 +41,8 @@ from retrieval.search import Retriever, doc_ranking, open_retriever
 
 logger = logging.getLogger(__name__)
 
-SystemName = Literal["prompt", "rag", "ft", "combined"]
-SYSTEM_ORDER: tuple[SystemName, ...] = ("prompt", "rag", "ft", "combined")
+SystemName = Mode
+SYSTEM_ORDER: tuple[SystemName, ...] = MODES
 Progress = Callable[[str, int, int], None]
 PAIRED_METRICS = ("rouge_l", "token_f1", "embedding_similarity", "style_adherence", "citation_hit", "refusal_correct")
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from core.prompt import CITATION
 from core.settings import EvalSettings
 
-CITATION = re.compile(r"\[[A-Za-z0-9][A-Za-z0-9_./-]*\]")
 STEP = re.compile(r"^\s*1\.\s", re.MULTILINE)
 
 

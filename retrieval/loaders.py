@@ -14,10 +14,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from core.errors import InvalidInputError
 from core.jsonl import read_jsonl
+from core.prompt import doc_id_from_path, validate_doc_id
+from core.safe_yaml import load_yaml
 from retrieval.documents import Document
 
 logger = logging.getLogger(__name__)
@@ -26,6 +26,7 @@ TEXT_SUFFIXES = {".md": "markdown", ".markdown": "markdown", ".txt": "text", ".h
 SUFFIXES = {**TEXT_SUFFIXES, ".pdf": "pdf", ".jsonl": "faq"}
 
 _FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*\n", re.DOTALL)
+MAX_TITLE_CHARS = 300
 _HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$", re.MULTILINE)
 # Page furniture that is not the article: removed before extracting HTML text.
 _HTML_DROP_TAGS = ("script", "style", "noscript", "nav", "header", "footer", "aside", "form", "button", "svg",
@@ -51,9 +52,22 @@ def _read_text(path: Path) -> str:
     return text
 
 
-def _doc_id(path: Path, root: Path | None) -> str:
+def _doc_id(path: Path, root: Path | None, explicit: object = None) -> str:
+    """An explicit id (front matter, ``<meta name="doc-id">``) must follow the grammar; else one from the path."""
+    if explicit is not None and str(explicit).strip():
+        return validate_doc_id(str(explicit).strip(), str(path))
     relative = path.relative_to(root) if root is not None else Path(path.name)
-    return relative.with_suffix("").as_posix()
+    return doc_id_from_path(relative.with_suffix("").as_posix())
+
+
+def _title(path: Path, title: object, *, explicit: bool = False) -> str:
+    """One-line title; an explicit (front-matter) title over the limit is an error, a derived one is cut."""
+    text = " ".join(str(title).split())
+    if len(text) > MAX_TITLE_CHARS and not explicit:
+        return text[:MAX_TITLE_CHARS]
+    if len(text) > MAX_TITLE_CHARS:
+        raise InvalidInputError(f"{path}: title of {len(text)} characters exceeds the {MAX_TITLE_CHARS}-character limit")
+    return text
 
 
 def _scalar_metadata(raw: dict[str, Any], skip: Iterable[str]) -> dict[str, Any]:
@@ -65,19 +79,19 @@ def load_markdown(path: Path, root: Path | None = None) -> Document:
     front: dict[str, Any] = {}
     match = _FRONT_MATTER.match(text)
     if match:
-        try:
-            front = yaml.safe_load(match.group(1)) or {}
-        except yaml.YAMLError as exc:
-            raise InvalidInputError(f"{path}: invalid YAML front matter ({exc.__class__.__name__})") from None
+        front = load_yaml(match.group(1), where=f"{path}: front matter") or {}
         if not isinstance(front, dict):
             raise InvalidInputError(f"{path}: front matter must be a mapping of key: value")
         text = text[match.end() :]
         if not text.strip():
             raise InvalidInputError(f"{path}: file has front matter but no content")
     heading = _HEADING.search(text)
-    title = str(front.get("title") or (heading.group(2) if heading else path.stem.replace("-", " ")))
+    if front.get("title"):
+        title = _title(path, front["title"], explicit=True)
+    else:
+        title = _title(path, heading.group(2) if heading else path.stem.replace("-", " "))
     return Document(
-        doc_id=str(front.get("id") or _doc_id(path, root)),
+        doc_id=_doc_id(path, root, front.get("id")),
         text=text.strip(),
         title=title,
         source=str(path),
@@ -139,9 +153,9 @@ def load_html(path: Path, root: Path | None = None) -> Document:
     if not body:
         raise InvalidInputError(f"{path}: no readable text in the page's main content")
     return Document(
-        doc_id=meta.get("doc-id") or _doc_id(path, root),
+        doc_id=_doc_id(path, root, meta.get("doc-id")),
         text=body,
-        title=title or path.stem.replace("-", " "),
+        title=_title(path, title or path.stem.replace("-", " ")),
         source=str(path),
         format="html",
         updated_at=meta.get("updated") or _mtime(path),
@@ -151,7 +165,7 @@ def load_html(path: Path, root: Path | None = None) -> Document:
 
 def load_pdf(path: Path, root: Path | None = None) -> Document:
     from pypdf import PdfReader
-    from pypdf.errors import PdfReadError
+    from pypdf.errors import PdfReadError, PyPdfError
 
     if path.stat().st_size == 0:
         raise InvalidInputError(f"{path}: file is empty")
@@ -159,7 +173,7 @@ def load_pdf(path: Path, root: Path | None = None) -> Document:
         reader = PdfReader(path)
         pages = [page.extract_text() or "" for page in reader.pages]
         info_title = reader.metadata.title if reader.metadata else None
-    except (PdfReadError, ValueError, KeyError, TypeError, OSError) as exc:
+    except (PdfReadError, PyPdfError, ValueError, KeyError, TypeError, OSError, RecursionError) as exc:
         raise InvalidInputError(f"{path}: cannot read PDF ({exc.__class__.__name__}: {exc})") from None
     text = "\n\n".join(p.strip() for p in pages if p.strip())
     if not text:
@@ -177,7 +191,7 @@ def load_faq_jsonl(path: Path, root: Path | None = None) -> list[Document]:
             raise InvalidInputError(f"{path}:{n}: FAQ line needs 'id', 'question' and 'answer'; missing {missing}")
         question, answer = str(row["question"]).strip(), str(row["answer"]).strip()
         documents.append(Document(
-            doc_id=str(row["id"]),
+            doc_id=validate_doc_id(str(row["id"]).strip(), f"{path}:{n}"),
             text=f"# {question}\n\n{answer}",
             title=question,
             source=f"{path}#L{n}",

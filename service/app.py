@@ -8,28 +8,34 @@ a JSON body here, once.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from litestar import Litestar, Request, Response
+from litestar import Litestar, Request, Response, Router
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.exceptions import HTTPException
 from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins.prometheus import PrometheusConfig
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.errors import TuneragError
 from core.logs import configure_logging
 from core.settings import Settings, load_settings
-from service.auth import key_id, presented_key, rate_limit_identity
+from service.auth import rate_limit_identity
 from service.backends import GenerationBackend, LocalBackend, OpenAIBackend
 from service.chat import ChatService
-from service.db import RequestLog, alchemy_config
+from service.db import alchemy_config
+from service.documents import DocumentService
 from service.jobs import JobRunner
+from service.middleware import (
+    REQUEST_ID,
+    content_type_middleware,
+    request_id_middleware,
+    request_log_middleware,
+)
 from service.routes.artifacts import ArtifactController
 from service.routes.chat import ChatController
 from service.routes.documents import DocumentController
@@ -39,12 +45,32 @@ from service.routes.ops import MetricsController, health, ready
 from service.state import ServiceState
 
 logger = logging.getLogger(__name__)
-UNLOGGED = ("/health", "/metrics")
 
 
 def _error(request: Request, exc: TuneragError) -> Response[dict[str, object]]:
     return Response({"status_code": exc.status_code, "error": type(exc).__name__, "detail": str(exc)},
                     status_code=exc.status_code)
+
+
+def _http_error(request: Request, exc: HTTPException) -> Response[dict[str, object]]:
+    body: dict[str, object] = {"status_code": exc.status_code, "error": type(exc).__name__, "detail": exc.detail}
+    if exc.extra:
+        body["extra"] = exc.extra
+    if exc.status_code >= 500:
+        logger.error("request %s %s failed (request id %s): %s", request.method, request.url.path, REQUEST_ID.get(),
+                     exc.detail)
+    return Response(body, status_code=exc.status_code, headers=exc.headers)
+
+
+def _unexpected(request: Request, exc: Exception) -> Response[dict[str, object]]:
+    """Any other exception: logged with its traceback and request id; the client sees no paths or internals."""
+    if isinstance(exc, UnicodeDecodeError):  # a body that is not UTF-8, found while decoding it
+        return _http_error(request, HTTPException(status_code=400, detail="request body is not valid UTF-8"))
+    request_id = REQUEST_ID.get()
+    logger.exception("unexpected error in %s %s (request id %s)", request.method, request.url.path, request_id)
+    return Response({"status_code": 500, "error": "InternalServerError",
+                     "detail": f"internal error; quote request id {request_id} when reporting it",
+                     "request_id": request_id}, status_code=500)
 
 
 def make_backend(settings: Settings) -> tuple[GenerationBackend, object]:
@@ -65,38 +91,6 @@ def make_backend(settings: Settings) -> tuple[GenerationBackend, object]:
 
     engine = GenerationEngine.from_settings(settings)
     return LocalBackend(engine, settings.generation), engine.tokenizer
-
-
-def request_log_middleware(app: ASGIApp) -> ASGIApp:
-    """Write one request-log row per API call (method, path, status, duration, hashed key)."""
-
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].startswith(UNLOGGED):
-            await app(scope, receive, send)
-            return
-        began = time.perf_counter()
-        status = [500]
-
-        async def capture(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await app(scope, receive, capture)
-        finally:
-            sessions = getattr(scope["app"].state, "sessions", None)
-            if sessions is not None:
-                key = presented_key(Request(scope))
-                try:
-                    async with sessions() as session, session.begin():
-                        session.add(RequestLog(method=scope["method"], path=scope["path"][:256], status_code=status[0],
-                                               duration_ms=(time.perf_counter() - began) * 1000,
-                                               api_key_id=key_id(key) if key else None))
-                except Exception:  # the log must never break a request
-                    logger.debug("request log write failed", exc_info=True)
-
-    return middleware
 
 
 def create_app(settings: Settings | None = None, *, backend: GenerationBackend | None = None,
@@ -136,6 +130,7 @@ def create_app(settings: Settings | None = None, *, backend: GenerationBackend |
         app.state.service_state = state
         app.state.chat_service = ChatService(state)
         app.state.job_runner = runner
+        app.state.document_service = DocumentService(settings)
         try:
             yield
         finally:
@@ -151,16 +146,21 @@ def create_app(settings: Settings | None = None, *, backend: GenerationBackend |
         return Provide(dependency, sync_to_thread=False)
 
     server = settings.server
+    # Uploads get their own body limit (counted on the bytes received, chunked bodies included).
+    uploads = Router(path="/", route_handlers=[DocumentController], request_max_body_size=server.max_upload_request_bytes)
     app = Litestar(
-        route_handlers=[health, ready, MetricsController, ChatController, OpenAIController, DocumentController,
+        route_handlers=[health, ready, MetricsController, ChatController, OpenAIController, uploads,
                         ArtifactController, EvalController],
         lifespan=[lifespan],
-        dependencies={name: provide(name) for name in ("service_state", "chat_service", "job_runner", "sessions")},
-        exception_handlers={TuneragError: _error},
+        dependencies={name: provide(name) for name in ("service_state", "chat_service", "job_runner", "sessions",
+                                                       "document_service")},
+        exception_handlers={TuneragError: _error, HTTPException: _http_error, Exception: _unexpected},
         middleware=[
+            request_id_middleware,
             request_log_middleware,
             RateLimitConfig(rate_limit=("minute", server.rate_limit_per_minute), exclude=["/health", "/ready", "/metrics"],
                             identifier_for_request=rate_limit_identity).middleware,
+            content_type_middleware,
             PrometheusConfig(app_name="tunerag", prefix="tunerag", group_path=True, exclude=["/metrics"]).middleware,
         ],
         cors_config=CORSConfig(allow_origins=server.cors_origins) if server.cors_origins else None,

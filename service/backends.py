@@ -191,8 +191,10 @@ class OpenAIBackend:
             raise BackendError(f"generation backend answered {response.status_code}: {response.text[:200]}")
         body = response.json()
         usage = body.get("usage", {})
-        return Generation(body["choices"][0]["text"].strip(), int(usage.get("prompt_tokens", 0)),
-                          int(usage.get("completion_tokens", 0)), time.perf_counter() - began)
+        choice = body["choices"][0]
+        return Generation(choice["text"].strip(), int(usage.get("prompt_tokens", 0)),
+                          int(usage.get("completion_tokens", 0)), time.perf_counter() - began,
+                          choice.get("finish_reason") or "stop")
 
     async def stream(self, prompt: str, adapter: str | None, max_new_tokens: int | None,
                      temperature: float | None) -> AsyncIterator[str]:

@@ -12,22 +12,17 @@ When no adapter is active, ``ft`` and ``combined`` fall back to the base generat
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 
 from core.errors import InvalidInputError
-from core.prompt import Message, build_prompt, load_template
+from core.prompt import CITATION, MODES, Message, Mode, build_prompt, load_template
 from retrieval.search import Retriever, SearchResult
 from service.state import ServiceState
-
-Mode = Literal["combined", "rag", "ft", "prompt"]
-MODES: tuple[Mode, ...] = ("combined", "rag", "ft", "prompt")
-CITATION = re.compile(r"\[([A-Za-z0-9][A-Za-z0-9_./-]*)\]")
 
 
 @dataclass
@@ -54,6 +49,7 @@ class Answer:
     timings_ms: dict[str, float]
     notes: list[str]
     prompt: str
+    finish_reason: str = "stop"
 
 
 def plan(state: ServiceState, mode: str, adapter: str | None = None) -> Plan:
@@ -117,7 +113,7 @@ class ChatService:
         return p, results, self._prompt(p, question, results, history), retrieval_ms
 
     def _answer(self, p: Plan, results: list[SearchResult] | None, prompt: str, text: str, prompt_tokens: int,
-                completion_tokens: int, timings: dict[str, float]) -> Answer:
+                completion_tokens: int, timings: dict[str, float], finish_reason: str) -> Answer:
         context_ids = [r.doc_id for r in results or []]
         cited = cited_ids(text, context_ids)
         # Cited documents first, then the rest of what was retrieved.
@@ -126,7 +122,7 @@ class ChatService:
         return Answer(text, p.mode, p.adapter, version.name if version else None,
                       version.manifest.embedder_id if version else None, [_source(r) for r in ordered], cited,
                       prompt_tokens, completion_tokens, {k: round(v, 1) for k, v in timings.items()},
-                      p.notes, prompt)
+                      p.notes, prompt, finish_reason)
 
     async def answer(self, question: str, history: Sequence[Message] = (), mode: str = "combined",
                      top_k: int | None = None, filters: dict[str, Any] | None = None, *,
@@ -139,7 +135,7 @@ class ChatService:
         generation_ms = (time.perf_counter() - gen_began) * 1000
         return self._answer(p, results, prompt, out.text, out.prompt_tokens, out.completion_tokens,
                             {"retrieval": retrieval_ms, "generation": generation_ms,
-                             "total": (time.perf_counter() - began) * 1000})
+                             "total": (time.perf_counter() - began) * 1000}, out.finish_reason)
 
     async def stream(self, question: str, history: Sequence[Message] = (), mode: str = "combined",
                      top_k: int | None = None, filters: dict[str, Any] | None = None, *,
@@ -162,8 +158,11 @@ class ChatService:
             tokenizer = self.state.tokenizer
             prompt_tokens = len(tokenizer(prompt, add_special_tokens=False).input_ids)
             completion_tokens = len(tokenizer(text, add_special_tokens=False).input_ids)
+            # The stream does not carry the EOS; an answer that used the whole budget was cut by it.
+            budget = max_new_tokens or self.state.settings.generation.max_new_tokens
             yield self._answer(p, results, prompt, text, prompt_tokens, completion_tokens, {
                 "retrieval": retrieval_ms, "first_token": first_token_ms or 0.0,
-                "generation": (time.perf_counter() - gen_began) * 1000, "total": (time.perf_counter() - began) * 1000})
+                "generation": (time.perf_counter() - gen_began) * 1000, "total": (time.perf_counter() - began) * 1000},
+                "length" if completion_tokens >= budget else "stop")
 
         return p, pieces()

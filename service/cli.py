@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 from pydantic import BaseModel
@@ -32,7 +32,6 @@ train_app = typer.Typer(help="Fine-tune the embedder or the generator.", no_args
 app.add_typer(models_app, name="models")
 app.add_typer(train_app, name="train")
 
-Mode = Literal["combined", "rag", "ft", "prompt"]
 
 
 def _settings(ctx: typer.Context) -> Settings:
@@ -48,14 +47,15 @@ def _library_output_to_stderr() -> Iterator[None]:
 
 def _training_config(base: BaseModel, cls: type[BaseModel], config: Path | None, max_steps: int | None) -> BaseModel:
     """The settings' training section, overridden by a YAML file and then by --max-steps."""
-    import yaml
     from pydantic import ValidationError
+
+    from core.safe_yaml import load_yaml
 
     values = base.model_dump()
     if config is not None:
         if not config.is_file():
             raise TuneragError(f"training config not found: {config}")
-        loaded = yaml.safe_load(config.read_text()) or {}
+        loaded = load_yaml(config.read_text(), where=str(config)) or {}
         if not isinstance(loaded, dict):
             raise TuneragError(f"{config}: expected a mapping of training options")
         values.update(loaded)
@@ -197,8 +197,9 @@ def ask(
     from dataclasses import asdict
 
     from core.engine import GenerationEngine
+    from core.prompt import MODES
     from service.backends import LocalBackend
-    from service.chat import MODES, ChatService
+    from service.chat import ChatService
     from service.state import ServiceState
 
     if mode not in MODES:

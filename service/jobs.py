@@ -19,13 +19,17 @@ import anyio
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from core import artifacts
 from core.errors import NotFoundError, TuneragError
+from retrieval.indexer import update_index
 from service.db import Job
+from service.state import ServiceState
 
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
-JobWork = Callable[[Progress], dict[str, Any]]
+#: A job's work: called in a worker thread with the job's id and a progress callback; returns the result row.
+JobWork = Callable[[uuid.UUID, Progress], dict[str, Any]]
 INTERRUPTED = "interrupted by a restart or shutdown of the API; start it again"
 
 
@@ -81,7 +85,7 @@ class JobRunner:
             try:
                 # Abandoned on cancel (shutdown): the work is crash-safe (indexes and artifacts are written to
                 # staging directories and switched atomically), so the process need not wait for it.
-                result = await anyio.to_thread.run_sync(work, progress, abandon_on_cancel=True)
+                result = await anyio.to_thread.run_sync(work, job_id, progress, abandon_on_cancel=True)
                 if on_success is not None:
                     await on_success(result)
                 await self._set(job_id, status="succeeded", result=result, progress=self._live[job_id])
@@ -122,3 +126,22 @@ class JobRunner:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def start_index_job(runner: JobRunner, state: ServiceState, kind: str, *, rebuild: bool,
+                    embedder_location: str | None = None, params: dict[str, Any] | None = None,
+                    after: Callable[[], Awaitable[None]] | None = None) -> Awaitable[Job]:
+    """Submit a reindex job on the ``index`` lane; on success the new version is swapped in, then ``after`` runs."""
+    settings = state.settings
+
+    def work(_: uuid.UUID, progress: Progress) -> dict[str, Any]:
+        location = embedder_location or artifacts.active_embedder_location(settings)
+        report = update_index(settings, rebuild=rebuild, embedder_location=location, on_progress=progress)
+        return {k: getattr(report, k) for k in report.__dataclass_fields__}
+
+    async def swap(_: dict[str, Any]) -> None:
+        await anyio.to_thread.run_sync(state.open_current_index)
+        if after is not None:
+            await after()
+
+    return runner.submit(kind, params or {"rebuild": rebuild}, work, lane="index", on_success=swap)

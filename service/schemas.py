@@ -8,9 +8,9 @@ from typing import Annotated, Any, Literal
 from advanced_alchemy.extensions.litestar import SQLAlchemyDTO, SQLAlchemyDTOConfig
 from msgspec import Meta, Struct
 
+from core.prompt import DOC_ID_MAX_LENGTH, DOC_ID_RE, Mode
 from service.db import Job
 
-Mode = Literal["combined", "rag", "ft", "prompt"]
 TopK = Annotated[int, Meta(ge=1, le=50)]
 MaxTokens = Annotated[int, Meta(ge=1, le=2048)]
 Temperature = Annotated[float, Meta(ge=0.0, le=2.0)]
@@ -55,6 +55,7 @@ class ChatResponse(Struct):
     usage: Usage
     timings_ms: dict[str, float]
     notes: list[str]
+    finish_reason: Literal["stop", "length"] = "stop"
 
 
 class FeedbackRequest(Struct, forbid_unknown_fields=True):
@@ -89,7 +90,7 @@ class ChatCompletionRequest(Struct):
 # --- documents, jobs, artifacts ---------------------------------------------------------------------------
 
 class DocumentIn(Struct, forbid_unknown_fields=True):
-    doc_id: Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    doc_id: Annotated[str, Meta(min_length=1, max_length=DOC_ID_MAX_LENGTH, pattern=DOC_ID_RE.pattern)]
     text: Annotated[str, Meta(min_length=1)]
     title: str | None = None
     format: Literal["markdown", "text", "html"] = "markdown"
@@ -98,16 +99,6 @@ class DocumentIn(Struct, forbid_unknown_fields=True):
 class DocumentsIn(Struct, forbid_unknown_fields=True):
     documents: Annotated[list[DocumentIn], Meta(min_length=1, max_length=500)]
     refresh: bool = True
-
-
-class DocumentOut(Struct):
-    doc_id: str
-    title: str
-    source: str
-    format: str
-    chunks: int
-    updated_at: str
-    uploaded: bool
 
 
 class JobDTO(SQLAlchemyDTO[Job]):
@@ -126,6 +117,6 @@ class ArtifactOut(Struct):
 
 class EvalRequest(Struct, forbid_unknown_fields=True):
     limit: Annotated[int, Meta(ge=1)] | None = None
-    systems: list[Literal["prompt", "rag", "ft", "combined"]] | None = None
+    systems: list[Mode] | None = None
 
 

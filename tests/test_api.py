@@ -212,7 +212,7 @@ def test_document_upload_list_delete_and_bad_files(client: TestClient, api_setti
         ("binary.md", b"\x00\x01\x02", 422, "binary.md: binary content"),
         ("broken.pdf", b"%PDF-1.4 nope", 422, "broken.pdf: cannot read PDF"),
         ("notes.docx", b"PK", 422, "unsupported file type"),
-        ("big.md", b"# Big\n\n" + b"x" * 60_000, 413, "upload limit"),
+        ("big.md", b"# Big\n\n" + b"x" * 60_000, 413, "50000-byte limit"),
     ]:
         r = client.post("/v1/documents", files=[("files", (name, content, "application/octet-stream"))], headers=H_ADMIN)
         assert r.status_code == status, (name, r.text)

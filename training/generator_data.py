@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Literal
 
 from core.errors import InvalidInputError
 from core.jsonl import read_jsonl
-from core.prompt import ContextPassage, Message, PromptTemplate, build_prompt
+from core.prompt import CITATION, ContextPassage, Message, PromptTemplate, build_prompt
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 Variant = Literal["gold", "distractors", "no_context"]
 _WORD = re.compile(r"\w+")
-_CITATION = re.compile(r"\s*\[[A-Za-z0-9][A-Za-z0-9_./-]*\]")
+_CITATION = re.compile(rf"\s*{CITATION.pattern}")
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,7 @@ from litestar.params import FromPath
 from core import artifacts
 from service.auth import requires
 from service.db import Job
-from service.jobs import JobRunner
-from service.routes.documents import start_index_job
+from service.jobs import JobRunner, start_index_job
 from service.schemas import ArtifactOut, JobDTO
 from service.state import ServiceState
 

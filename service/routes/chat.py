@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.errors import NotFoundError
 from core.prompt import Message as PromptMessage
-from service.auth import key_id, presented_key, requires
+from service.auth import is_admin, known_key, presented_key, requires
 from service.chat import Answer, ChatService
 from service.db import Conversation, Feedback, Message
 from service.schemas import ChatRequest, ChatResponse, FeedbackRequest, FeedbackResponse, Source, Usage
@@ -26,25 +26,34 @@ from service.schemas import ChatRequest, ChatResponse, FeedbackRequest, Feedback
 HISTORY_TURNS = 6  # earlier messages sent back to the model with a follow-up question
 
 
-async def load_history(sessions: NamedDependency[async_sessionmaker[AsyncSession]], conversation_id: uuid.UUID | None) -> list[PromptMessage]:
+async def owned_conversation(session: AsyncSession, conversation_id: uuid.UUID, request: Request) -> Conversation:
+    """The conversation if the caller's key created it (or the caller is an admin); else 404, not 403, so
+    another key's conversation ids cannot even be confirmed to exist."""
+    conversation = await session.get(Conversation, conversation_id)
+    if conversation is None or not (is_admin(request) or (
+            conversation.api_key_id is not None and conversation.api_key_id == known_key(request, presented_key(request)))):
+        raise NotFoundError(f"conversation {conversation_id} not found")
+    return conversation
+
+
+async def load_history(sessions: async_sessionmaker[AsyncSession], conversation_id: uuid.UUID | None,
+                       request: Request) -> list[PromptMessage]:
     if conversation_id is None:
         return []
     async with sessions() as session:
-        conversation = await session.get(Conversation, conversation_id)
-        if conversation is None:
-            raise NotFoundError(f"conversation {conversation_id} not found")
+        conversation = await owned_conversation(session, conversation_id, request)
         return [{"role": m.role, "content": m.content} for m in conversation.messages][-HISTORY_TURNS:]
 
 
-async def store_turn(sessions: NamedDependency[async_sessionmaker[AsyncSession]], conversation_id: uuid.UUID | None, question: str,
-                     answer: Answer, api_key: str | None) -> tuple[uuid.UUID, uuid.UUID]:
+async def store_turn(sessions: async_sessionmaker[AsyncSession], conversation_id: uuid.UUID | None, question: str,
+                     answer: Answer, owner: str | None) -> tuple[uuid.UUID, uuid.UUID]:
     details = {"mode": answer.mode, "adapter": answer.adapter, "index_version": answer.index_version,
                "embedder": answer.embedder, "sources": answer.sources, "cited_doc_ids": answer.cited_doc_ids,
                "usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens},
                "timings_ms": answer.timings_ms, "notes": answer.notes}
     async with sessions() as session, session.begin():
         if conversation_id is None:
-            conversation = Conversation(api_key_id=key_id(api_key) if api_key else None)
+            conversation = Conversation(api_key_id=owner)
             session.add(conversation)
             await session.flush()
             conversation_id = conversation.id
@@ -61,6 +70,7 @@ def response_for(answer: Answer, conversation_id: uuid.UUID, message_id: uuid.UU
         adapter=answer.adapter, index_version=answer.index_version, embedder=answer.embedder,
         sources=[Source(**s) for s in answer.sources], cited_doc_ids=answer.cited_doc_ids,
         usage=Usage(answer.prompt_tokens, answer.completion_tokens), timings_ms=answer.timings_ms, notes=answer.notes,
+        finish_reason=answer.finish_reason,
     )
 
 
@@ -74,13 +84,13 @@ class ChatController(Controller):
                                        "event stream of `token` events and a final `done` event with this body.")})
     async def chat(self, data: ChatRequest, chat_service: NamedDependency[ChatService], sessions: NamedDependency[async_sessionmaker[AsyncSession]],
                    request: Request) -> Response[Any]:
-        history = await load_history(sessions, data.conversation_id)
-        api_key = presented_key(request)
+        history = await load_history(sessions, data.conversation_id, request)
+        owner = known_key(request, presented_key(request))
         kwargs = {"mode": data.mode, "top_k": data.top_k, "filters": data.filters,
                   "max_new_tokens": data.max_tokens, "temperature": data.temperature}
         if not data.stream:
             answer = await chat_service.answer(data.question, history, **kwargs)
-            conversation_id, message_id = await store_turn(sessions, data.conversation_id, data.question, answer, api_key)
+            conversation_id, message_id = await store_turn(sessions, data.conversation_id, data.question, answer, owner)
             return Response(response_for(answer, conversation_id, message_id))
 
         _, pieces = await chat_service.stream(data.question, history, **kwargs)
@@ -89,7 +99,7 @@ class ChatController(Controller):
             async for piece in pieces:
                 if isinstance(piece, Answer):
                     conversation_id, message_id = await store_turn(sessions, data.conversation_id, data.question,
-                                                                   piece, api_key)
+                                                                   piece, owner)
                     final = response_for(piece, conversation_id, message_id)
                     yield {"event": "done", "data": json.dumps(to_builtins(final))}
                 else:
@@ -98,19 +108,19 @@ class ChatController(Controller):
         return ServerSentEvent(events())
 
     @get("/conversations/{conversation_id:uuid}", summary="A conversation's messages.")
-    async def conversation(self, conversation_id: FromPath[uuid.UUID], sessions: NamedDependency[async_sessionmaker[AsyncSession]]) -> dict[str, Any]:
+    async def conversation(self, conversation_id: FromPath[uuid.UUID], request: Request,
+                           sessions: NamedDependency[async_sessionmaker[AsyncSession]]) -> dict[str, Any]:
         async with sessions() as session:
-            conversation = await session.get(Conversation, conversation_id)
-            if conversation is None:
-                raise NotFoundError(f"conversation {conversation_id} not found")
+            conversation = await owned_conversation(session, conversation_id, request)
             return {"id": str(conversation.id), "messages": [
                 {"id": str(m.id), "role": m.role, "content": m.content, "details": m.details,
                  "created_at": m.created_at.isoformat()} for m in conversation.messages]}
 
     @post("/chat/{conversation_id:uuid}/feedback", summary="Rate an answer (defaults to the latest one).", status_code=201)
-    async def feedback(self, conversation_id: FromPath[uuid.UUID], data: FeedbackRequest,
+    async def feedback(self, conversation_id: FromPath[uuid.UUID], data: FeedbackRequest, request: Request,
                        sessions: NamedDependency[async_sessionmaker[AsyncSession]]) -> FeedbackResponse:
         async with sessions() as session, session.begin():
+            await owned_conversation(session, conversation_id, request)
             query = select(Message).where(Message.conversation_id == conversation_id, Message.role == "assistant")
             if data.message_id is not None:
                 query = query.where(Message.id == data.message_id)

@@ -35,18 +35,14 @@ class EvalController(Controller):
         from eval.runner import EvalOptions, run_evaluation
 
         settings = service_state.settings
-        job_id_holder: dict[str, uuid.UUID] = {}
 
-        def work(progress) -> dict[str, Any]:
-            out = _report_dir(service_state, job_id_holder["id"])
+        def work(job_id: uuid.UUID, progress) -> dict[str, Any]:
+            out = _report_dir(service_state, job_id)
             options = EvalOptions(limit=data.limit, systems=tuple(data.systems) if data.systems else None, out_dir=out)
             report = run_evaluation(settings, options, on_progress=progress)
             return {"report_dir": str(out), "headline": report["headline"]}
 
-        # The task starts at the next await, after the id is known (submit only schedules it).
-        job = await job_runner.submit("eval", {"limit": data.limit, "systems": data.systems}, work, lane="eval")
-        job_id_holder["id"] = job.id
-        return job
+        return await job_runner.submit("eval", {"limit": data.limit, "systems": data.systems}, work, lane="eval")
 
     @get("/{job_id:uuid}", summary="The evaluation's JSON report (or the job's status while it runs).")
     async def result(self, job_id: FromPath[uuid.UUID], service_state: NamedDependency[ServiceState], job_runner: NamedDependency[JobRunner]) -> Response[Any]:

@@ -72,7 +72,7 @@ class OpenAIController(Controller):
             answer = await chat_service.answer(turns[-1].content, history, **kwargs)
             return Response({
                 "id": completion_id, "object": "chat.completion", "created": created, "model": data.model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text}, "finish_reason": "stop"}],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text}, "finish_reason": answer.finish_reason}],
                 "usage": _usage(answer),
                 "tunerag": {"mode": answer.mode, "adapter": answer.adapter, "index_version": answer.index_version,
                             "sources": answer.sources, "cited_doc_ids": answer.cited_doc_ids, "notes": answer.notes},
@@ -87,7 +87,7 @@ class OpenAIController(Controller):
             yield chunk({"role": "assistant"})
             async for piece in pieces:
                 if isinstance(piece, Answer):
-                    yield chunk({}, "stop", usage=_usage(piece), tunerag={"sources": piece.sources})
+                    yield chunk({}, piece.finish_reason, usage=_usage(piece), tunerag={"sources": piece.sources})
                 else:
                     yield chunk({"content": piece})
             yield "[DONE]"
