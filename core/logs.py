@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import sys
 
-# Libraries that log at WARNING for conditions that are normal here (e.g. bitsandbytes on a CPU machine).
-_QUIET = ("bitsandbytes", "httpx", "faiss.loader", "sentence_transformers.base.model")
+# Libraries that log at WARNING for conditions that are normal here (e.g. bitsandbytes on a CPU machine),
+# or at INFO for what only their developers need (alembic's plugin registry, advanced-alchemy's set-up).
+_QUIET = ("bitsandbytes", "httpx", "faiss.loader", "sentence_transformers.base.model", "alembic",
+          "advanced_alchemy", "aiosqlite", "multipart", "python_multipart")
 
 
 def configure_logging(level: str = "INFO") -> None:

@@ -23,6 +23,11 @@ from service.backends import GenerationBackend
 
 logger = logging.getLogger(__name__)
 
+NO_ADAPTER_NOTE = ("no fine-tuned adapter is active: ft and combined modes use the base generator; train one with "
+                   "`tunerag train generator` (or `make demo`: adapter + embedder on the sample domain in ~10 min)")
+NO_EMBEDDER_NOTE = ("the index uses the base embedder: combined retrieval is not fine-tuned; train one with "
+                    "`tunerag train embedder`, then `tunerag index --rebuild --embedder artifact:latest`")
+
 
 @dataclass
 class ServiceState:
@@ -66,11 +71,13 @@ class ServiceState:
         if adapter_id:
             await self.activate_adapter(adapter_id)
         else:
-            self.notes.append("no fine-tuned adapter is active: ft and combined modes use the base generator")
+            self.notes.append(NO_ADAPTER_NOTE)
         if not self.embedder_is_finetuned():
-            self.notes.append("the index uses the base embedder: combined retrieval is not fine-tuned")
+            self.notes.append(NO_EMBEDDER_NOTE)
+        logger.warning("serving: generator %s, adapter %s, embedder %s, index %s", self.settings.models.generator,
+                       self.active_adapter or "none (base model)", self.embedder_id, self.index_version)
         for note in self.notes:
-            logger.info(note)
+            logger.warning(note)
 
     async def activate_adapter(self, adapter_id: str | None) -> None:
         """Load (if needed) and switch to an adapter, or back to the base model with ``None``."""
@@ -84,4 +91,4 @@ class ServiceState:
         await self.backend.load_adapter(artifact.id, artifact.path / "adapter")
         artifacts.activate(self.settings, "adapter", artifact.id)
         self.active_adapter = artifact.id
-        self.notes = [n for n in self.notes if "adapter" not in n]
+        self.notes = [n for n in self.notes if n != NO_ADAPTER_NOTE]

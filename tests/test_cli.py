@@ -47,7 +47,7 @@ def test_missing_model_package_is_one_actionable_line(tmp_path: Path) -> None:
 def test_bad_option_value_is_a_usage_error() -> None:
     result = run_cli("ask", "hello", "--mode", "telepathy")
     assert result.returncode == 1
-    assert "--mode must be one of combined, rag, ft, prompt" in result.stderr
+    assert "--mode must be one of prompt, rag, ft, combined" in result.stderr
 
 
 def test_invalid_settings_are_reported_without_traceback() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from core import artifacts
 from core.engine import GenerationEngine
-from core.errors import InvalidInputError
+from core.errors import ConfigError, InvalidInputError
 from core.models import load_generator
 from core.prompt import ContextPassage, build_prompt, load_template
 from core.settings import SAMPLE_DIR, Settings
@@ -23,7 +23,13 @@ from training.generator_data import (
     split,
     strip_citations,
 )
-from training.generator_recipe import merge_adapter, train_dpo, train_generator
+from training.generator_recipe import (
+    build_sft_config,
+    merge_adapter,
+    qlora_decision,
+    train_dpo,
+    train_generator,
+)
 
 
 def ex(id_: str, question: str, answer: str = "A [doc-a]", doc_ids: tuple[str, ...] = ("doc-a",),
@@ -58,15 +64,22 @@ def small_chat_file(tmp_path: Path) -> Path:
 
 
 def test_training_prompts_are_byte_identical_to_serving_prompts(settings: Settings) -> None:
+    """The training row's prompt against what the API's ChatService builds for the same turn."""
+    import asyncio
+
+    from service.chat import ChatService
+    from service.state import ServiceState
+
     _, tokenizer = load_generator(settings)
     template = load_template(settings)
     history = (("user", "Hi, how do I sign up?"), ("assistant", "Hi there!\n\nGo to the signup page."))
     example = ex("e1", "And is there a free trial?", history=history)
     cfg = RaftConfig(top_k=3, golden_fraction=1.0, no_context_fraction=0.0, seed=0)
     [row] = build_rows([example], FixedRetriever(), template, tokenizer, cfg, "Sorry.")
-    passages = [h.to_passage() for h in FixedRetriever().search("x", k=3)]
-    serving = build_prompt(template, tokenizer, "And is there a free trial?", passages,
-                           [{"role": r, "content": c} for r, c in history])
+    state = ServiceState(settings, backend=None, tokenizer=tokenizer, retriever=FixedRetriever())  # type: ignore[arg-type]
+    state.embedder_is_finetuned = lambda: True  # type: ignore[method-assign]
+    _, _, serving, _ = asyncio.run(ChatService(state).prepare(
+        "And is there a free trial?", [{"role": r, "content": c} for r, c in history], "combined", 3, None))
     assert row.prompt == serving
     assert row.completion == "A [doc-a]" + tokenizer.eos_token
     assert row.context_doc_ids == ["doc-b", "doc-c", "doc-a"]
@@ -151,16 +164,18 @@ def test_loss_is_computed_on_the_answer_tokens_only(settings: Settings, small_ch
     """Build TRL's own tokenized dataset and check that exactly the completion is unmasked."""
     from datasets import Dataset
     from peft import LoraConfig
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     model, tokenizer = load_generator(settings, fresh=True)
     template = load_template(settings)
     prompt = build_prompt(template, tokenizer, "How do I void a label?", [ContextPassage("ts-void-label", "Voiding", "Open the shipment.")])
     completion = "Hi there!\n\nOpen the shipment and click Void label. [ts-void-label]" + tokenizer.eos_token
-    args = SFTConfig(output_dir=str(settings.paths.data_dir / "mask"), completion_only_loss=True, bf16=False,
-                     activation_checkpointing=False, use_cpu=True, report_to=[], max_length=2048)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list([{"prompt": prompt, "completion": completion}]),
-                         processing_class=tokenizer, peft_config=LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    # The recipe's own config builder, so a change there (the loss, the CPU switches) is what is tested.
+    cfg = settings.train_generator.model_copy(update={"max_length": 2048})
+    args = build_sft_config(cfg, settings.paths.data_dir / "mask", on_cpu=True)
+    assert not args.bf16 and not args.activation_checkpointing
+    data = Dataset.from_list([{"prompt": prompt, "completion": completion}])
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, eval_dataset=data, processing_class=tokenizer, peft_config=LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM"))
     row = trainer.train_dataset[0]
     ids, labels = row["input_ids"], row["labels"]
     n_prompt = len(tokenizer(prompt, add_special_tokens=False).input_ids)
@@ -247,3 +262,18 @@ def test_dpo_on_top_of_sft_and_merge_export(settings: Settings, small_chat_file:
     bad.write_text('{"question": "q", "chosen": "a"}\n')
     with pytest.raises(InvalidInputError, match=r"bad\.jsonl:1: .*missing \['rejected'\]"):
         train_dpo(settings, bad, sft, cfg)
+
+
+@pytest.mark.parametrize("qlora,device,used,error", [
+    ("off", "cuda", False, None),
+    ("auto", "cpu", False, None),
+    ("on", "cpu", None, "qlora is 'on' but QLoRA needs CUDA"),
+])
+def test_qlora_on_is_an_error_without_cuda_and_auto_falls_back(settings: Settings, qlora: str, device: str,
+                                                                used: bool | None, error: str | None) -> None:
+    cfg = settings.train_generator.model_copy(update={"qlora": qlora})
+    if error:
+        with pytest.raises(ConfigError, match=error):
+            qlora_decision(cfg, device)
+    else:
+        assert qlora_decision(cfg, device)[0] is used

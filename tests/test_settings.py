@@ -68,3 +68,16 @@ def test_invalid_values_name_the_field(overrides: dict, field: str) -> None:
 def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="config file not found"):
         load_settings(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("config", sorted((Path(__file__).parent.parent / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_example_configs_load_and_validate(config: Path) -> None:
+    settings = load_settings(config)
+    assert settings.train_generator.qlora in ("auto", "on", "off")
+    if config.name == "gpu-qlora.yaml":
+        assert settings.train_generator.qlora == "on" and settings.train_generator.target_modules == "all-linear"
+    if config.name == "vllm-postgres.yaml":
+        assert settings.server.generation_backend == "openai" and settings.server.database_url.startswith("postgresql")
+    if config.name == "cpu-quick.yaml":
+        assert 0 < settings.train_generator.max_steps <= 60

@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core import artifacts
 from core.errors import InvalidInputError
@@ -40,6 +40,9 @@ from training.embedder_data import (
     to_dataset,
 )
 from training.embedder_eval import DocRetrievalEvaluator
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformerTrainingArguments
 
 logger = logging.getLogger(__name__)
 
@@ -71,14 +74,48 @@ def split_pairs(pairs: list[QueryPair], eval_fraction: float, seed: int) -> tupl
     return shuffled[n_eval:], shuffled[:n_eval]
 
 
+def build_training_args(cfg: EmbedderTrainingSettings, output_dir: Path, *, batch_size: int, metric: str,
+                        on_cpu: bool) -> SentenceTransformerTrainingArguments:
+    """sentence-transformers' training arguments for this recipe: no-duplicate batches (in-batch negatives
+    must not contain the positive), best checkpoint by ``metric``, fp16 only on a GPU."""
+    from sentence_transformers import SentenceTransformerTrainingArguments
+    from sentence_transformers.base.sampler import BatchSamplers
+
+    strategy = "steps" if cfg.eval_steps else "epoch"
+    return SentenceTransformerTrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=cfg.learning_rate,
+        warmup_ratio=cfg.warmup_ratio,
+        batch_sampler=BatchSamplers.NO_DUPLICATES,
+        eval_strategy=strategy,
+        save_strategy=strategy,
+        eval_steps=cfg.eval_steps,
+        save_steps=cfg.eval_steps,
+        load_best_model_at_end=True,
+        metric_for_best_model=metric,
+        greater_is_better=True,
+        save_total_limit=2,
+        logging_steps=max(1, min(10, cfg.max_steps if cfg.max_steps > 0 else 10)),
+        seed=cfg.seed,
+        report_to=[],
+        use_cpu=on_cpu,
+        bf16=False,
+        fp16=not on_cpu,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+
+
 def train_embedder(settings: Settings, cfg: EmbedderTrainingSettings | None = None) -> artifacts.Artifact:
     """Run the recipe and return the finished artifact.
 
     Raises:
         InvalidInputError: fewer than two usable training pairs, or a malformed data file.
     """
-    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-    from sentence_transformers.base.sampler import BatchSamplers
+    from sentence_transformers import SentenceTransformerTrainer
     from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss, MultipleNegativesRankingLoss
 
     cfg = cfg or settings.train_embedder
@@ -130,33 +167,8 @@ def train_embedder(settings: Settings, cfg: EmbedderTrainingSettings | None = No
     if cfg.matryoshka_dims:
         loss = MatryoshkaLoss(model, loss, matryoshka_dims=cfg.matryoshka_dims)
     batch_size = min(cfg.per_device_train_batch_size, len(train_dataset))
-    strategy = "steps" if cfg.eval_steps else "epoch"
-    on_cpu = resolve_device(settings) == "cpu"
-    args = SentenceTransformerTrainingArguments(
-        output_dir=str(workdir / "checkpoints"),
-        num_train_epochs=cfg.num_train_epochs,
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=batch_size,
-        learning_rate=cfg.learning_rate,
-        warmup_ratio=cfg.warmup_ratio,
-        batch_sampler=BatchSamplers.NO_DUPLICATES,
-        eval_strategy=strategy,
-        save_strategy=strategy,
-        eval_steps=cfg.eval_steps,
-        save_steps=cfg.eval_steps,
-        load_best_model_at_end=True,
-        metric_for_best_model=f"eval_{evaluator.primary_metric}",
-        greater_is_better=True,
-        save_total_limit=2,
-        logging_steps=max(1, min(10, cfg.max_steps if cfg.max_steps > 0 else 10)),
-        seed=cfg.seed,
-        report_to=[],
-        use_cpu=on_cpu,
-        bf16=False,
-        fp16=not on_cpu,
-        dataloader_num_workers=0,
-        disable_tqdm=False,
-    )
+    args = build_training_args(cfg, workdir / "checkpoints", batch_size=batch_size,
+                               metric=f"eval_{evaluator.primary_metric}", on_cpu=resolve_device(settings) == "cpu")
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_dataset, loss=loss,
                                          evaluator=evaluator)
     trainer.train()

@@ -20,10 +20,10 @@ import time
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core import artifacts
-from core.errors import InvalidInputError, NotFoundError
+from core.errors import ConfigError, InvalidInputError, NotFoundError
 from core.jsonl import read_jsonl
 from core.models import load_generator, resolve_device, resolve_generator
 from core.prompt import ContextPassage, build_prompt, load_template
@@ -42,6 +42,9 @@ from training.generator_data import (
     split,
 )
 
+if TYPE_CHECKING:
+    from trl import SFTConfig
+
 logger = logging.getLogger(__name__)
 
 DATA_DIR = "data"
@@ -58,16 +61,65 @@ def training_retriever(settings: Settings, workdir: Path) -> Retriever:
 
 
 def qlora_decision(cfg: GeneratorTrainingSettings, device: str) -> tuple[bool, str]:
-    """Whether to load the base in 4 bits, and why (logged and stored in the manifest)."""
+    """Whether to load the base in 4 bits, and why (logged and stored in the manifest).
+
+    ``qlora: auto`` falls back to a full-precision base when CUDA or bitsandbytes is missing;
+    ``qlora: on`` asked for 4 bits explicitly, so their absence is an error, never a silent fallback.
+
+    Raises:
+        ConfigError: ``qlora`` is ``on`` and CUDA or bitsandbytes is missing.
+    """
     if cfg.qlora == "off":
         return False, "qlora=off"
     if device != "cuda":
-        return False, "QLoRA needs CUDA (bitsandbytes 4-bit on CPU is slower than fp32 for small models); training LoRA on a full-precision base"
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        return False, "bitsandbytes is not installed; training LoRA on a full-precision base"
-    return True, "CUDA and bitsandbytes present: 4-bit NF4 base with LoRA on top"
+        reason = "QLoRA needs CUDA (bitsandbytes 4-bit on CPU is slower than fp32 for small models)"
+    else:
+        try:
+            import bitsandbytes  # noqa: F401
+
+            return True, "CUDA and bitsandbytes present: 4-bit NF4 base with LoRA on top"
+        except ImportError:
+            reason = "bitsandbytes is not installed"
+    if cfg.qlora == "on":
+        raise ConfigError(f"train_generator.qlora is 'on' but {reason}; set qlora to 'auto' or 'off'")
+    return False, f"{reason}; training LoRA on a full-precision base"
+
+
+def build_sft_config(cfg: GeneratorTrainingSettings, output_dir: Path, *, on_cpu: bool) -> SFTConfig:
+    """TRL's ``SFTConfig`` for this recipe: completion-only loss, eval and save on the same schedule, best
+    checkpoint by validation loss, and the CPU switches (no bf16, no activation checkpointing)."""
+    from trl import SFTConfig
+
+    strategy = "steps" if cfg.eval_steps else "epoch"
+    return SFTConfig(
+        output_dir=str(output_dir),
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        per_device_eval_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        max_length=cfg.max_length,
+        # Loss on the answer only: the prompt (system, context, question) is what serving supplies.
+        completion_only_loss=True,
+        eval_strategy=strategy,
+        save_strategy=strategy,
+        eval_steps=cfg.eval_steps,
+        save_steps=cfg.eval_steps,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        save_total_limit=2,
+        logging_steps=1 if cfg.max_steps and 0 < cfg.max_steps <= 20 else 5,
+        seed=cfg.seed,
+        report_to=[],
+        use_cpu=on_cpu,
+        # bf16 and activation (gradient) checkpointing make a CPU step ~20x slower.
+        bf16=not on_cpu,
+        activation_checkpointing=not on_cpu,
+        dataloader_num_workers=0,
+    )
 
 
 def prepare_data(settings: Settings, cfg: GeneratorTrainingSettings, workdir: Path, tokenizer) -> dict[str, Any]:
@@ -122,8 +174,11 @@ def read_rows(workdir: Path, name: str) -> list[dict]:
 
 
 def _latest_checkpoint(workdir: Path) -> Path | None:
-    checkpoints = sorted((workdir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    return checkpoints[-1] if checkpoints else None
+    from transformers.trainer_utils import get_last_checkpoint
+
+    folder = workdir / "checkpoints"
+    last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    return Path(last) if last else None
 
 
 def find_resumable_run(settings: Settings, run_id: str) -> str:
@@ -153,8 +208,8 @@ def train_generator(settings: Settings, cfg: GeneratorTrainingSettings | None = 
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, EarlyStoppingCallback
-    from trl import SFTConfig, SFTTrainer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback
+    from trl import SFTTrainer
 
     began = time.perf_counter()
     cfg = cfg or settings.train_generator
@@ -170,7 +225,9 @@ def train_generator(settings: Settings, cfg: GeneratorTrainingSettings | None = 
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(cfg.model_dump_json(indent=2))
     base = resolve_generator(settings)
-    _, tokenizer = load_generator(settings, fresh=True)
+    tokenizer = AutoTokenizer.from_pretrained(base.location)  # the model itself is loaded once, below
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     summary = (json.loads((workdir / DATA_DIR / "summary.json").read_text()) if resume
                else prepare_data(settings, cfg, workdir, tokenizer))
@@ -195,36 +252,7 @@ def train_generator(settings: Settings, cfg: GeneratorTrainingSettings | None = 
                       target_modules=cfg.target_modules, task_type="CAUSAL_LM")
 
     # --- train
-    strategy = "steps" if cfg.eval_steps else "epoch"
-    on_cpu = device == "cpu"
-    args = SFTConfig(
-        output_dir=str(workdir / "checkpoints"),
-        num_train_epochs=cfg.num_train_epochs,
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        per_device_eval_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        learning_rate=cfg.learning_rate,
-        warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of the total steps
-        max_length=cfg.max_length,
-        completion_only_loss=True,
-        eval_strategy=strategy,
-        save_strategy=strategy,
-        eval_steps=cfg.eval_steps,
-        save_steps=cfg.eval_steps,
-        load_best_model_at_end=True,
-        metric_for_best_model="eval_loss",
-        greater_is_better=False,
-        save_total_limit=2,
-        logging_steps=1 if cfg.max_steps and 0 < cfg.max_steps <= 20 else 5,
-        seed=cfg.seed,
-        report_to=[],
-        use_cpu=on_cpu,
-        # bf16 and activation (gradient) checkpointing make a CPU step ~20x slower.
-        bf16=not on_cpu,
-        activation_checkpointing=not on_cpu,
-        dataloader_num_workers=0,
-    )
+    args = build_sft_config(cfg, workdir / "checkpoints", on_cpu=device == "cpu")
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=to_dataset(train_rows), eval_dataset=to_dataset(val_rows),
         processing_class=tokenizer, peft_config=lora,

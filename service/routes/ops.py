@@ -22,6 +22,7 @@ async def ready(service_state: NamedDependency[ServiceState | None]) -> Response
         return Response({"status": "starting"}, status_code=503)
     return Response({
         "status": "ready",
+        "generator": service_state.settings.models.generator,
         "index_version": service_state.index_version,
         "embedder": service_state.embedder_id,
         "active_adapter": service_state.active_adapter,
