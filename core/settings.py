@@ -43,9 +43,8 @@ class PathSettings(BaseModel):
         Path("~/.cache/tunerag"),
         description="Converted model caches (safe to share between instances, safe to delete).",
     )
-    sample_dir: Path = Field(SAMPLE_DIR, description="The embedded sample domain (knowledge base, chats, eval set).")
 
-    @field_validator("data_dir", "cache_dir", "sample_dir")
+    @field_validator("data_dir", "cache_dir")
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
@@ -137,7 +136,6 @@ class PromptSettings(BaseModel):
 
     system_prompt_file: Path = SAMPLE_DIR / "system_prompt.txt"
     few_shot_file: Path | None = SAMPLE_DIR / "few_shot.jsonl"
-    style_guide_file: Path = SAMPLE_DIR / "style_guide.md"
     max_passage_chars: int = Field(1200, gt=0, description="Longest passage text put into a prompt.")
 
 

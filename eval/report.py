@@ -128,11 +128,11 @@ fine-tuned embedder <code>{{ (models.finetuned_embedder or {}).get('id') }}</cod
 <p><label for="q">Question: </label><select id="q"></select></p>
 <div id="question"></div>
 <div class="grid" id="answers"></div>
-<script id="data" type="application/json">{{ questions_json }}</script>
+<script id="data" type="application/json">{{ questions | tojson }}</script>
 <script>
 (function () {
   var questions = JSON.parse(document.getElementById("data").textContent);
-  var systems = {{ ok_json }};
+  var systems = {{ ok | tojson }};
   var select = document.getElementById("q");
   function esc(s) { var d = document.createElement("div"); d.textContent = s == null ? "" : String(s); return d.innerHTML; }
   function num(v) { return v == null ? "–" : (Math.round(v * 1000) / 1000).toString(); }
@@ -164,19 +164,8 @@ def html_report(report: dict[str, Any]) -> str:
     ok = [n for n, s in report["systems"].items() if s["status"] == "ok"]
     env = Environment(autoescape=True)
     template = env.from_string(_HTML)
-    # Embedded JSON: escape "</" so an answer can never close the script element.
-    questions_json = json.dumps(report["questions"], ensure_ascii=False).replace("</", "<\\/")
-    return template.render(
-        **report, ok=ok, ok_json=_Markup(json.dumps(ok)), metrics=TABLE_METRICS, fmt=_fmt, chart=chart_png(report),
-        questions_json=_Markup(questions_json),
-    )
-
-
-class _Markup(str):
-    """Already-safe text for the template (the JSON is escaped for a script element above)."""
-
-    def __html__(self) -> str:
-        return str(self)
+    # Jinja's ``tojson`` escapes <, >, & and ' so embedded answers can never close the script element.
+    return template.render(**report, ok=ok, metrics=TABLE_METRICS, fmt=_fmt, chart=chart_png(report))
 
 
 def write_reports(report: dict[str, Any], out: Path) -> dict[str, Path]:

@@ -227,17 +227,26 @@ def aggregate(scored: Sequence[dict[str, Any]], settings: Settings) -> dict[str,
                             seed=settings.eval.seed).to_json() for k in keys}
 
 
-def run_evaluation(settings: Settings, options: EvalOptions | None = None, *,
-                   on_progress: Progress | None = None) -> dict[str, Any]:
-    """Run the evaluation and write report.json / report.md / report.html to the output folder.
+@dataclass
+class EvalPlan:
+    """What one evaluation will run: the questions, the systems (with why any is missing) and the artifacts."""
 
-    Returns the report dict. Systems whose artifacts are missing are listed with the reason (and the
-    command that creates them) instead of being dropped silently.
+    items: list[EvalItem]
+    eval_file: Path
+    out: Path
+    runs: dict[str, SystemRun]
+    adapter: artifacts.Artifact | None
+    tuned_embedder: artifacts.Artifact | None
+    base_embedder: str
+
+
+def plan_evaluation(settings: Settings, options: EvalOptions) -> EvalPlan:
+    """Resolve the systems, questions, output folder and artifacts; a system whose artifact is missing is
+    kept with the reason and the command that creates it.
+
+    Raises:
+        InvalidInputError: an unknown system name, or a malformed eval file.
     """
-    from eval.report import write_reports
-
-    began = time.perf_counter()
-    options = options or EvalOptions()
     cfg = settings.eval
     names = tuple(options.systems or cfg.systems)
     unknown = [n for n in names if n not in SYSTEMS]
@@ -247,11 +256,8 @@ def run_evaluation(settings: Settings, options: EvalOptions | None = None, *,
     items = load_eval_set(eval_file, options.limit)
     out = options.out_dir or settings.paths.reports_dir / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
-    rules = StyleRules.from_settings(cfg)
-
     adapter = _artifact(settings, "adapter", cfg.adapter)
     tuned_embedder = _artifact(settings, "embedder", cfg.embedder)
-    base_embedder = resolve_embedder(settings).location
     runs: dict[str, SystemRun] = {}
     for name in SYSTEM_ORDER:
         if name not in names:
@@ -266,37 +272,48 @@ def run_evaluation(settings: Settings, options: EvalOptions | None = None, *,
         runs[name] = run
         if run.status == "missing":
             logger.warning("system %s skipped: %s", name, run.reason)
+    return EvalPlan(items, eval_file, out, runs, adapter, tuned_embedder, resolve_embedder(settings).location)
 
+
+def generate_all(settings: Settings, plan: EvalPlan, on_progress: Progress | None = None) -> None:
+    """Answer every question with every runnable system (batched, resumable through the answer cache)."""
     engine = GenerationEngine.from_settings(settings)
-    engine.config = engine.config.model_copy(update={"batch_size": cfg.batch_size})
-    if adapter is not None and any(r.status == "ok" and r.spec.uses_adapter for r in runs.values()):
+    engine.config = engine.config.model_copy(update={"batch_size": settings.eval.batch_size})
+    adapter = plan.adapter
+    if adapter is not None and any(r.status == "ok" and r.spec.uses_adapter for r in plan.runs.values()):
         engine.load_adapter(adapter.id, adapter.path / "adapter")
     retrievers: dict[str, Retriever] = {}
-    for name, run in runs.items():
+    for name, run in plan.runs.items():
         if run.status != "ok":
             continue
         retriever = None
         if run.spec.retrieval is not None:
-            location = base_embedder if run.spec.retrieval == "base" else str(tuned_embedder.path / "model")
-            retriever = retrievers.get(location) or _retriever(settings, location, out / "indexes")
+            location = plan.base_embedder if run.spec.retrieval == "base" else str(plan.tuned_embedder.path / "model")
+            retriever = retrievers.get(location) or _retriever(settings, location, plan.out / "indexes")
             retrievers[location] = retriever
             run.embedder, run.index_version = retriever.version.manifest.embedder_id, retriever.version.name
-        run.adapter = adapter.id if run.spec.uses_adapter else None
+        run.adapter = adapter.id if run.spec.uses_adapter and adapter is not None else None
         started = time.perf_counter()
-        generate_answers(run, items, engine, retriever, settings, out / "answers" / f"{name}.jsonl", on_progress)
+        generate_answers(run, plan.items, engine, retriever, settings, plan.out / "answers" / f"{name}.jsonl",
+                         on_progress)
         run.seconds = time.perf_counter() - started
 
-    similarity_model = load_embedder(settings, base_embedder)
+
+def score_all(settings: Settings, plan: EvalPlan) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """Per-question metrics and per-system aggregates (with bootstrap intervals) of every answered system."""
+    items = plan.items
+    rules = StyleRules.from_settings(settings.eval)
+    similarity_model = load_embedder(settings, plan.base_embedder)
     references = similarity_model.encode([i.reference_answer for i in items], normalize_embeddings=True,
                                          show_progress_bar=False)
     judge = None
-    if cfg.judge_base_url:
+    if settings.eval.judge_base_url:
         from eval.judge import Judge
 
-        judge = Judge(cfg)
+        judge = Judge(settings.eval)
     per_system: dict[str, Any] = {}
     scored_by_system: dict[str, list[dict[str, Any]]] = {}
-    for name, run in runs.items():
+    for name, run in plan.runs.items():
         entry: dict[str, Any] = {"description": run.spec.description, "status": run.status, "reason": run.reason,
                                  "adapter": run.adapter, "embedder": run.embedder, "index_version": run.index_version}
         if run.status == "ok":
@@ -311,10 +328,16 @@ def run_evaluation(settings: Settings, options: EvalOptions | None = None, *,
             scored_by_system[name] = scored
             entry.update({"metrics": aggregate(scored, settings), "wall_time_s": round(run.seconds, 1)})
         per_system[name] = entry
+    return per_system, scored_by_system
 
-    comparisons = []
+
+def compare_systems(settings: Settings, scored_by_system: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Paired sign-flip tests between every two systems on every paired metric, Holm-adjusted together."""
+    cfg = settings.eval
     ok = [n for n in SYSTEM_ORDER if n in scored_by_system]
-    paired_metrics = PAIRED_METRICS + (("judge_score",) if judge is not None else ())
+    has_judge = any("judge_score" in row["metrics"] for rows in scored_by_system.values() for row in rows)
+    paired_metrics = PAIRED_METRICS + (("judge_score",) if has_judge else ())
+    comparisons = []
     for i, a in enumerate(ok):
         for b in ok[i + 1 :]:
             for metric in paired_metrics:
@@ -323,39 +346,65 @@ def run_evaluation(settings: Settings, options: EvalOptions | None = None, *,
                     [s["metrics"].get(metric) for s in scored_by_system[a]],
                     name_a=b, name_b=a, metric=metric, samples=cfg.bootstrap_samples, seed=cfg.seed))
     adjusted = holm_adjust([c.p_value for c in comparisons])
-    comparison_rows = [c.to_json() | {"p_holm": None if np.isnan(p) else round(p, 4), "significant_holm": bool(p < 0.05)}
-                       for c, p in zip(comparisons, adjusted, strict=True)]
+    return [c.to_json() | {"p_holm": None if np.isnan(p) else round(p, 4), "significant_holm": bool(p < 0.05)}
+            for c, p in zip(comparisons, adjusted, strict=True)]
 
+
+def assemble_report(settings: Settings, plan: EvalPlan, options: EvalOptions, per_system: dict[str, Any],
+                    scored_by_system: dict[str, list[dict[str, Any]]], comparisons: list[dict[str, Any]],
+                    wall_time_s: float) -> dict[str, Any]:
+    """The report dict: config, data and model versions, per-system metrics, comparisons, per-question rows."""
+    cfg = settings.eval
     questions = []
-    for n, item in enumerate(items):
+    for n, item in enumerate(plan.items):
         questions.append({**asdict(item), "systems": {
-            name: {"answer": runs[name].answers[n]["answer"], "context": runs[name].answers[n]["context"],
+            name: {"answer": plan.runs[name].answers[n]["answer"], "context": plan.runs[name].answers[n]["context"],
                    "metrics": scored_by_system[name][n]["metrics"], "style": scored_by_system[name][n]["style"]}
             for name in scored_by_system}})
-
     generator = resolve_generator(settings, convert=False)
-    report = {
+    adapter, tuned_embedder = plan.adapter, plan.tuned_embedder
+    return {
         "tunerag_report": 1,
         "created_at": artifacts.utc_now(),
-        "wall_time_s": round(time.perf_counter() - began, 1),
+        "wall_time_s": round(wall_time_s, 1),
         "config": {"eval": cfg.model_dump(mode="json"), "retrieval": settings.retrieval.model_dump(mode="json"),
                    "generation": settings.generation.model_dump(mode="json") | {"max_new_tokens": cfg.max_new_tokens,
                                                                                 "batch_size": cfg.batch_size}},
-        "data": {"eval_file": str(eval_file), "eval_file_sha256": hashlib.sha256(eval_file.read_bytes()).hexdigest(),
-                 "questions": len(items), "answerable": sum(i.answerable for i in items),
+        "data": {"eval_file": str(plan.eval_file),
+                 "eval_file_sha256": hashlib.sha256(plan.eval_file.read_bytes()).hexdigest(),
+                 "questions": len(plan.items), "answerable": sum(i.answerable for i in plan.items),
                  "limit": options.limit},
-        "models": {"generator": generator.spec, "base_embedder": embedder_fingerprint(base_embedder),
+        "models": {"generator": generator.spec, "base_embedder": embedder_fingerprint(plan.base_embedder),
                    "adapter": adapter and {"id": adapter.id, "data_hash": adapter.manifest.get("data_hash")},
                    "finetuned_embedder": tuned_embedder and {"id": tuned_embedder.id,
                                                               "data_hash": tuned_embedder.manifest.get("data_hash")}},
         "systems": per_system,
         "headline": headline(per_system),
-        "comparisons": comparison_rows,
+        "comparisons": comparisons,
         "questions": questions,
-        "files": {kind: str(out / f"report.{kind}") for kind in ("json", "md", "html")},
+        "files": {kind: str(plan.out / f"report.{kind}") for kind in ("json", "md", "html")},
     }
-    write_reports(report, out)
-    logger.info("evaluation written to %s in %.0fs", out, report["wall_time_s"])
+
+
+def run_evaluation(settings: Settings, options: EvalOptions | None = None, *,
+                   on_progress: Progress | None = None) -> dict[str, Any]:
+    """Plan, generate, score, compare, assemble; write report.json / report.md / report.html.
+
+    Returns the report dict. Systems whose artifacts are missing are listed with the reason (and the
+    command that creates them) instead of being dropped silently.
+    """
+    from eval.report import write_reports
+
+    began = time.perf_counter()
+    options = options or EvalOptions()
+    plan = plan_evaluation(settings, options)
+    generate_all(settings, plan, on_progress)
+    per_system, scored_by_system = score_all(settings, plan)
+    comparisons = compare_systems(settings, scored_by_system)
+    report = assemble_report(settings, plan, options, per_system, scored_by_system, comparisons,
+                             time.perf_counter() - began)
+    write_reports(report, plan.out)
+    logger.info("evaluation written to %s in %.0fs", plan.out, report["wall_time_s"])
     return report
 
 

@@ -26,7 +26,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -94,7 +94,6 @@ class IndexVersion:
     chunks: dict[int, Chunk]
     chunk_order: np.ndarray  # BM25 row -> chunk id
     bm25: bm25s.BM25
-    _row_of: dict[int, int] = field(default_factory=dict, repr=False)
 
     @property
     def name(self) -> str:

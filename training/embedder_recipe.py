@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import random
+import shutil
 import time
 from collections import Counter
 from dataclasses import asdict
@@ -163,42 +164,47 @@ def train_embedder(settings: Settings, cfg: EmbedderTrainingSettings | None = No
     artifact_id = artifacts.new_artifact_id("embedder")
     workdir = artifacts.run_dir(settings, "embedder", artifact_id)
     workdir.mkdir(parents=True, exist_ok=True)
-    loss = MultipleNegativesRankingLoss(model)
-    if cfg.matryoshka_dims:
-        loss = MatryoshkaLoss(model, loss, matryoshka_dims=cfg.matryoshka_dims)
-    batch_size = min(cfg.per_device_train_batch_size, len(train_dataset))
-    args = build_training_args(cfg, workdir / "checkpoints", batch_size=batch_size,
-                               metric=f"eval_{evaluator.primary_metric}", on_cpu=resolve_device(settings) == "cpu")
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_dataset, loss=loss,
-                                         evaluator=evaluator)
-    trainer.train()
-    after = evaluator(model)
-    logger.info("after training: %s", {k: round(v, 4) for k, v in after.items()})
+    # A short run with nothing to resume: an interrupted or failed run leaves no half-written folder behind.
+    try:
+        loss = MultipleNegativesRankingLoss(model)
+        if cfg.matryoshka_dims:
+            loss = MatryoshkaLoss(model, loss, matryoshka_dims=cfg.matryoshka_dims)
+        batch_size = min(cfg.per_device_train_batch_size, len(train_dataset))
+        args = build_training_args(cfg, workdir / "checkpoints", batch_size=batch_size,
+                                   metric=f"eval_{evaluator.primary_metric}", on_cpu=resolve_device(settings) == "cpu")
+        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_dataset, loss=loss,
+                                             evaluator=evaluator)
+        trainer.train()
+        after = evaluator(model)
+        logger.info("after training: %s", {k: round(v, 4) for k, v in after.items()})
 
-    # --- save
-    model.save(str(workdir / "model"))
-    history = [{k: v for k, v in row.items() if isinstance(v, int | float)} for row in trainer.state.log_history]
-    manifest: dict[str, Any] = {
-        "created_at": artifacts.utc_now(),
-        "base_model": {"spec": base.spec, "location": base.location},
-        "data_hash": artifacts.data_hash(pairs_to_json(pairs)),
-        "pairs": {
-            "raw_by_source": dict(Counter(p.source for p in raw_pairs)),
-            "kept_by_source": dict(Counter(p.source for p in pairs)),
-            "filtered": asdict(filtered),
-            "train": len(train_pairs),
-            "train_rows_with_negatives": len(train_dataset),
-            "heldout": len(heldout_pairs),
-        },
-        "corpus": {"sources": [str(s) for s in sources], "chunks": len(chunks), "documents": len(chunks_by_doc)},
-        "hyperparameters": cfg.model_dump(mode="json") | {"effective_batch_size": batch_size},
-        "metrics_before": before,
-        "metrics_after": after,
-        "best_checkpoint": trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name,
-        "global_steps": trainer.state.global_step,
-        "log_history": history,
-        "wall_time_s": round(time.perf_counter() - began, 1),
-    }
-    artifact = artifacts.finalize(settings, "embedder", artifact_id, manifest, keep=["model"])
+        # --- save
+        model.save(str(workdir / "model"))
+        history = [{k: v for k, v in row.items() if isinstance(v, int | float)} for row in trainer.state.log_history]
+        manifest: dict[str, Any] = {
+            "created_at": artifacts.utc_now(),
+            "base_model": {"spec": base.spec, "location": base.location},
+            "data_hash": artifacts.data_hash(pairs_to_json(pairs)),
+            "pairs": {
+                "raw_by_source": dict(Counter(p.source for p in raw_pairs)),
+                "kept_by_source": dict(Counter(p.source for p in pairs)),
+                "filtered": asdict(filtered),
+                "train": len(train_pairs),
+                "train_rows_with_negatives": len(train_dataset),
+                "heldout": len(heldout_pairs),
+            },
+            "corpus": {"sources": [str(s) for s in sources], "chunks": len(chunks), "documents": len(chunks_by_doc)},
+            "hyperparameters": cfg.model_dump(mode="json") | {"effective_batch_size": batch_size},
+            "metrics_before": before,
+            "metrics_after": after,
+            "best_checkpoint": trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name,
+            "global_steps": trainer.state.global_step,
+            "log_history": history,
+            "wall_time_s": round(time.perf_counter() - began, 1),
+        }
+        artifact = artifacts.finalize(settings, "embedder", artifact_id, manifest, keep=["model"])
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
     logger.info("embedder artifact %s written to %s", artifact.id, artifact.path)
     return artifact
