@@ -160,7 +160,7 @@ def open_version(index_dir: Path, version: str | None = None) -> IndexVersion:
             order.append(chunk.chunk_id)
     bm25 = bm25s.BM25.load(str(path / "bm25"))
     chunk_order = np.asarray(order, dtype=np.int64)
-    return IndexVersion(path, manifest, index, chunks, chunk_order, bm25, {c: i for i, c in enumerate(order)})
+    return IndexVersion(path, manifest, index, chunks, chunk_order, bm25)
 
 
 def build_faiss_index(

@@ -4,7 +4,7 @@ A hostile upload (a PDF whose content stream makes pypdf's text extraction run f
 balloons in lxml, a decompression bomb) must cost at most its budget and never the service: pure-Python
 parsers hold the GIL, so a worker *thread* would still stall the event loop. Each file is parsed by
 :func:`retrieval.loaders.load_file` in a process forked from a clean fork server (no model weights, no
-threads), with ``RLIMIT_AS`` capping its memory; past its time it is killed.
+threads), at the lowest CPU priority, with ``RLIMIT_AS`` capping its memory; past its time it is killed.
 
 Use :func:`load_files_isolated` for anything that arrives over the API; trusted folders on the operator's
 disk are loaded in-process by the indexer.
@@ -12,6 +12,7 @@ disk are loaded in-process by the indexer.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -73,7 +74,10 @@ def _address_space() -> int:
 
 
 def _child(conn: Connection, path: str, root: str | None, memory_bytes: int) -> None:
-    """Runs in the child: cap memory, parse, send back ``("ok", docs)`` or ``("error", message)``."""
+    """Runs in the child: lowest CPU priority, capped memory; parse, send back ``("ok", docs)`` or
+    ``("error", message)``."""
+    with contextlib.suppress(OSError):  # below chat and the event loop: only the CPU nobody else wants
+        os.nice(19)
     try:
         limit = _address_space() + memory_bytes
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))

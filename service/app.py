@@ -11,10 +11,10 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
 from litestar import Litestar, Request, Response, Router
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
-from litestar.di import Provide
 from litestar.exceptions import HTTPException
 from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.openapi import OpenAPIConfig
@@ -28,6 +28,7 @@ from service.auth import rate_limit_identity
 from service.backends import GenerationBackend, LocalBackend, OpenAIBackend
 from service.chat import ChatService
 from service.db import alchemy_config
+from service.dependencies import DEPENDENCIES
 from service.documents import DocumentService
 from service.jobs import JobRunner
 from service.middleware import (
@@ -105,10 +106,8 @@ def create_app(settings: Settings | None = None, *, backend: GenerationBackend |
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        from advanced_alchemy.base import orm_registry
-
-        async with db.get_engine().begin() as conn:
-            await conn.run_sync(orm_registry.metadata.create_all)
+        await db.create_all_metadata(app)
+        # Work outside a request (jobs, the request log, a stream's final turn) opens its own sessions.
         sessions: async_sessionmaker[AsyncSession] = db.create_session_maker()
         app.state.sessions = sessions
         runner = JobRunner(sessions)
@@ -136,14 +135,6 @@ def create_app(settings: Settings | None = None, *, backend: GenerationBackend |
         finally:
             await runner.shutdown()
             await active_backend.close()
-            await db.get_engine().dispose()
-
-    def provide(name: str):
-        def dependency(state: State) -> object:
-            return state.get(name)
-
-        dependency.__name__ = f"provide_{name}"
-        return Provide(dependency, sync_to_thread=False)
 
     server = settings.server
     # Uploads get their own body limit (counted on the bytes received, chunked bodies included).
@@ -152,8 +143,8 @@ def create_app(settings: Settings | None = None, *, backend: GenerationBackend |
         route_handlers=[health, ready, MetricsController, ChatController, OpenAIController, uploads,
                         ArtifactController, EvalController],
         lifespan=[lifespan],
-        dependencies={name: provide(name) for name in ("service_state", "chat_service", "job_runner", "sessions",
-                                                       "document_service")},
+        dependencies=DEPENDENCIES,
+        plugins=[SQLAlchemyPlugin(config=db)],
         exception_handlers={TuneragError: _error, HTTPException: _http_error, Exception: _unexpected},
         middleware=[
             request_id_middleware,

@@ -78,12 +78,17 @@ def database_url(settings: Settings) -> str:
 
 
 def alchemy_config(settings: Settings) -> SQLAlchemyAsyncConfig:
-    """advanced-alchemy's Litestar config: engine, session DI (``db_session``), tables created at start."""
+    """advanced-alchemy's Litestar config for ``SQLAlchemyPlugin``: the engine, and a request-scoped
+    ``db_session`` dependency committed when the response is a success (``autocommit``).
+
+    Tables are created by the app's lifespan through ``create_all_metadata`` (not by the plugin's own
+    lifespan, which runs after the app's: jobs left over by a previous process are recovered first thing).
+    """
     settings.paths.data_dir.mkdir(parents=True, exist_ok=True)
     return SQLAlchemyAsyncConfig(
         connection_string=database_url(settings),
         session_config=AsyncSessionConfig(expire_on_commit=False),
         session_dependency_key="db_session",
         before_send_handler="autocommit",
-        create_all=True,
+        create_all=False,
     )

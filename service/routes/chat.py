@@ -36,32 +36,30 @@ async def owned_conversation(session: AsyncSession, conversation_id: uuid.UUID, 
     return conversation
 
 
-async def load_history(sessions: async_sessionmaker[AsyncSession], conversation_id: uuid.UUID | None,
-                       request: Request) -> list[PromptMessage]:
+async def load_history(session: AsyncSession, conversation_id: uuid.UUID | None, request: Request) -> list[PromptMessage]:
     if conversation_id is None:
         return []
-    async with sessions() as session:
-        conversation = await owned_conversation(session, conversation_id, request)
-        return [{"role": m.role, "content": m.content} for m in conversation.messages][-HISTORY_TURNS:]
+    conversation = await owned_conversation(session, conversation_id, request)
+    return [{"role": m.role, "content": m.content} for m in conversation.messages][-HISTORY_TURNS:]
 
 
-async def store_turn(sessions: async_sessionmaker[AsyncSession], conversation_id: uuid.UUID | None, question: str,
-                     answer: Answer, owner: str | None) -> tuple[uuid.UUID, uuid.UUID]:
+async def store_turn(session: AsyncSession, conversation_id: uuid.UUID | None, question: str, answer: Answer,
+                     owner: str | None) -> tuple[uuid.UUID, uuid.UUID]:
+    """Add the question and the answer (with how it was produced) to the conversation, creating it if needed."""
     details = {"mode": answer.mode, "adapter": answer.adapter, "index_version": answer.index_version,
                "embedder": answer.embedder, "sources": answer.sources, "cited_doc_ids": answer.cited_doc_ids,
                "usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens},
-               "timings_ms": answer.timings_ms, "notes": answer.notes}
-    async with sessions() as session, session.begin():
-        if conversation_id is None:
-            conversation = Conversation(api_key_id=owner)
-            session.add(conversation)
-            await session.flush()
-            conversation_id = conversation.id
-        session.add(Message(conversation_id=conversation_id, role="user", content=question))
-        reply = Message(conversation_id=conversation_id, role="assistant", content=answer.text, details=details)
-        session.add(reply)
+               "timings_ms": answer.timings_ms, "notes": answer.notes, "finish_reason": answer.finish_reason}
+    if conversation_id is None:
+        conversation = Conversation(api_key_id=owner)
+        session.add(conversation)
         await session.flush()
-        return conversation_id, reply.id
+        conversation_id = conversation.id
+    session.add(Message(conversation_id=conversation_id, role="user", content=question))
+    reply = Message(conversation_id=conversation_id, role="assistant", content=answer.text, details=details)
+    session.add(reply)
+    await session.flush()
+    return conversation_id, reply.id
 
 
 def response_for(answer: Answer, conversation_id: uuid.UUID, message_id: uuid.UUID) -> ChatResponse:
@@ -82,15 +80,15 @@ class ChatController(Controller):
     @post("/chat", summary="Answer a customer question (set stream=true for Server-Sent Events).", status_code=200,
           responses={200: ResponseSpec(data_container=ChatResponse, description="The answer, or with stream=true an "
                                        "event stream of `token` events and a final `done` event with this body.")})
-    async def chat(self, data: ChatRequest, chat_service: NamedDependency[ChatService], sessions: NamedDependency[async_sessionmaker[AsyncSession]],
-                   request: Request) -> Response[Any]:
-        history = await load_history(sessions, data.conversation_id, request)
+    async def chat(self, data: ChatRequest, chat_service: NamedDependency[ChatService], db_session: AsyncSession,
+                   sessions: NamedDependency[async_sessionmaker[AsyncSession]], request: Request) -> Response[Any]:
+        history = await load_history(db_session, data.conversation_id, request)
         owner = known_key(request, presented_key(request))
         kwargs = {"mode": data.mode, "top_k": data.top_k, "filters": data.filters,
                   "max_new_tokens": data.max_tokens, "temperature": data.temperature}
         if not data.stream:
             answer = await chat_service.answer(data.question, history, **kwargs)
-            conversation_id, message_id = await store_turn(sessions, data.conversation_id, data.question, answer, owner)
+            conversation_id, message_id = await store_turn(db_session, data.conversation_id, data.question, answer, owner)
             return Response(response_for(answer, conversation_id, message_id))
 
         _, pieces = await chat_service.stream(data.question, history, **kwargs)
@@ -98,8 +96,11 @@ class ChatController(Controller):
         async def events() -> AsyncIterator[dict[str, str]]:
             async for piece in pieces:
                 if isinstance(piece, Answer):
-                    conversation_id, message_id = await store_turn(sessions, data.conversation_id, data.question,
-                                                                   piece, owner)
+                    # The request's session is committed when the response starts; the turn is stored after the
+                    # stream ends, so it gets a session (and transaction) of its own.
+                    async with sessions() as session, session.begin():
+                        conversation_id, message_id = await store_turn(session, data.conversation_id, data.question,
+                                                                       piece, owner)
                     final = response_for(piece, conversation_id, message_id)
                     yield {"event": "done", "data": json.dumps(to_builtins(final))}
                 else:
@@ -109,26 +110,24 @@ class ChatController(Controller):
 
     @get("/conversations/{conversation_id:uuid}", summary="A conversation's messages.")
     async def conversation(self, conversation_id: FromPath[uuid.UUID], request: Request,
-                           sessions: NamedDependency[async_sessionmaker[AsyncSession]]) -> dict[str, Any]:
-        async with sessions() as session:
-            conversation = await owned_conversation(session, conversation_id, request)
-            return {"id": str(conversation.id), "messages": [
+                           db_session: AsyncSession) -> dict[str, Any]:
+        conversation = await owned_conversation(db_session, conversation_id, request)
+        return {"id": str(conversation.id), "messages": [
                 {"id": str(m.id), "role": m.role, "content": m.content, "details": m.details,
                  "created_at": m.created_at.isoformat()} for m in conversation.messages]}
 
     @post("/chat/{conversation_id:uuid}/feedback", summary="Rate an answer (defaults to the latest one).", status_code=201)
     async def feedback(self, conversation_id: FromPath[uuid.UUID], data: FeedbackRequest, request: Request,
-                       sessions: NamedDependency[async_sessionmaker[AsyncSession]]) -> FeedbackResponse:
-        async with sessions() as session, session.begin():
-            await owned_conversation(session, conversation_id, request)
-            query = select(Message).where(Message.conversation_id == conversation_id, Message.role == "assistant")
-            if data.message_id is not None:
-                query = query.where(Message.id == data.message_id)
-            message = (await session.execute(query.order_by(Message.created_at.desc()).limit(1))).scalar_one_or_none()
-            if message is None:
-                what = f"message {data.message_id}" if data.message_id else "an answer"
-                raise NotFoundError(f"{what} not found in conversation {conversation_id}")
-            feedback = Feedback(message_id=message.id, rating=data.rating, comment=data.comment)
-            session.add(feedback)
-            await session.flush()
-            return FeedbackResponse(feedback.id, message.id, feedback.rating)
+                       db_session: AsyncSession) -> FeedbackResponse:
+        await owned_conversation(db_session, conversation_id, request)
+        query = select(Message).where(Message.conversation_id == conversation_id, Message.role == "assistant")
+        if data.message_id is not None:
+            query = query.where(Message.id == data.message_id)
+        message = (await db_session.execute(query.order_by(Message.created_at.desc()).limit(1))).scalar_one_or_none()
+        if message is None:
+            what = f"message {data.message_id}" if data.message_id else "an answer"
+            raise NotFoundError(f"{what} not found in conversation {conversation_id}")
+        feedback = Feedback(message_id=message.id, rating=data.rating, comment=data.comment)
+        db_session.add(feedback)
+        await db_session.flush()
+        return FeedbackResponse(feedback.id, message.id, feedback.rating)
