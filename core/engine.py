@@ -89,16 +89,21 @@ class GenerationEngine:
 
     def stream(self, prompt: str, adapter: str | None = None, *, max_new_tokens: int | None = None,
                temperature: float | None = None) -> Iterator[str]:
-        """Yield decoded text pieces as they are produced (holds the engine for the whole answer)."""
+        """Yield decoded text pieces as they are produced (holds the engine for the whole answer).
+
+        Closing the iterator early (a client that went away) stops the decoding at the next step, and the
+        engine is released only once the decoding thread has finished: two generations never share the model.
+        """
         from transformers import TextIteratorStreamer
 
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         errors: list[BaseException] = []
+        stop = threading.Event()
 
         def run() -> None:
             try:
                 generate(self.model, self.tokenizer, [prompt], self.config, max_new_tokens=max_new_tokens,
-                         temperature=temperature, streamer=streamer)
+                         temperature=temperature, streamer=streamer, stop=stop)
             except BaseException as exc:  # surfaced to the consumer below
                 errors.append(exc)
                 streamer.end()
@@ -106,7 +111,10 @@ class GenerationEngine:
         with self._lock, self._selected(adapter):
             worker = threading.Thread(target=run, daemon=True)
             worker.start()
-            yield from streamer
-            worker.join()
+            try:
+                yield from streamer
+            finally:
+                stop.set()
+                worker.join()
         if errors:
             raise errors[0]

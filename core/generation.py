@@ -7,6 +7,7 @@ the tokens per second of one-at-a-time, so callers should pass prompts in batche
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,15 +43,21 @@ def generate(
     max_new_tokens: int | None = None,
     temperature: float | None = None,
     streamer: object | None = None,
+    stop: threading.Event | None = None,
 ) -> list[Generation]:
     """Decode ``prompts`` (already rendered by :mod:`core.prompt`) in batches of ``config.batch_size``.
 
     Prompts longer than ``config.max_context_tokens`` keep their last tokens (the question sits at the end).
     A ``streamer`` (transformers ``TextIteratorStreamer``) receives tokens as they are decoded; use it with
-    a single prompt.
+    a single prompt. Setting ``stop`` ends the decoding after the current step (a cancelled request).
     Returns one :class:`Generation` per prompt, in order.
     """
     import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _Stopped(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs) -> bool:  # noqa: ANN001
+            return stop is not None and stop.is_set()
 
     if not prompts:
         return []
@@ -83,6 +90,7 @@ def generate(
                     repetition_penalty=config.repetition_penalty,
                     pad_token_id=tokenizer.pad_token_id,
                     streamer=streamer,
+                    stopping_criteria=StoppingCriteriaList([_Stopped()]) if stop is not None else None,
                 )
             elapsed = time.perf_counter() - began
             new_tokens = out[:, enc["input_ids"].shape[1] :]

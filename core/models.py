@@ -190,6 +190,19 @@ def resolve_generator(settings: Settings, *, convert: bool = True) -> ResolvedMo
     return ResolvedModel(spec, "cache", str(cache), gguf_file)
 
 
+def generator_gguf_path(settings: Settings) -> Path | None:
+    """The generator's original GGUF file (package or folder spec), or None when it has none."""
+    spec = settings.models.generator
+    if spec.startswith(PACKAGE_PREFIX):
+        folder = _package_folder(spec, "generator", "TUNERAG_MODELS__GENERATOR")
+    else:
+        folder = Path(spec).expanduser()
+        if not folder.is_dir():
+            return None
+    gguf_file = _find_gguf(folder, settings.models.generator_gguf_file)
+    return folder / gguf_file if gguf_file else None
+
+
 def resolve_device(settings: Settings) -> str:
     """``auto`` picks CUDA when present, else CPU."""
     if settings.models.device != "auto":

@@ -150,9 +150,60 @@ def build_prompt(
     history: Sequence[Message] = (),
     *,
     with_examples: bool = False,
+    max_tokens: int | None = None,
 ) -> str:
-    """The exact string the generator is conditioned on, for training, serving and evaluation alike."""
-    return render_prompt(tokenizer, template.build_messages(question, passages, history, with_examples=with_examples))
+    """The exact string the generator is conditioned on, for training, serving and evaluation alike.
+
+    With ``max_tokens``, a prompt that would be longer is shortened in the middle, never at its ends: the
+    lowest-ranked passages go first (down to the best one), then the oldest history turns, then the best
+    passage is halved (down to 200 characters) and finally dropped. The system prompt and the question always
+    stay; the generation engines never cut a prompt themselves.
+
+    Raises:
+        ValueError: the question is empty, or system prompt + question alone exceed ``max_tokens``.
+    """
+    passages = list(passages) if passages is not None else None
+    history = list(history)
+
+    def render() -> str:
+        return render_prompt(tokenizer, template.build_messages(question, passages, history, with_examples=with_examples))
+
+    prompt = render()
+    if max_tokens is None:
+        return prompt
+    while (length := len(tokenizer(prompt, add_special_tokens=False).input_ids)) > max_tokens:
+        if passages and len(passages) > 1:
+            passages.pop()
+        elif history:
+            history = history[2:]
+        elif passages and len(passages[0].text) > 200:
+            best = passages[0]
+            passages = [ContextPassage(best.doc_id, best.title, best.text[: len(best.text) // 2])]
+        elif passages:
+            passages = []
+        else:
+            raise ValueError(f"the question needs {length} prompt tokens with the system prompt alone; the limit "
+                             f"(generation.max_context_tokens) is {max_tokens}: ask a shorter question")
+        prompt = render()
+    return prompt
+    while (length := len(tokenizer(prompt, add_special_tokens=False).input_ids)) > max_tokens:
+        if passages and len(passages) > 1:
+            passages.pop()
+        elif history:
+            history = history[2:] if len(history) > 1 else []
+        elif passages:
+            passages = passages[:1]
+            if template.max_passage_chars and len(passages[0].text) > 200:
+                first = passages[0]
+                passages = [ContextPassage(first.doc_id, first.title, first.text[: len(first.text) // 2])]
+            else:
+                raise ValueError(f"the prompt needs {length} tokens even without context or history; the limit "
+                                 f"(generation.max_context_tokens) is {max_tokens}: ask a shorter question")
+        else:
+            raise ValueError(f"the prompt needs {length} tokens even without context or history; the limit "
+                             f"(generation.max_context_tokens) is {max_tokens}: ask a shorter question")
+        prompt = render()
+    return prompt
 
 
 @lru_cache(maxsize=8)

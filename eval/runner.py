@@ -157,7 +157,8 @@ def generate_answers(run: SystemRun, items: Sequence[EvalItem], engine: Generati
     for n, (item, found) in enumerate(zip(items, results, strict=True)):
         context = found[: settings.retrieval.top_k] if found is not None else None
         passages = [r.to_passage() for r in context] if context is not None else None
-        prompt = build_prompt(template, engine.tokenizer, item.question, passages, with_examples=run.spec.name == "prompt")
+        prompt = build_prompt(template, engine.tokenizer, item.question, passages, with_examples=run.spec.name == "prompt",
+                              max_tokens=settings.generation.max_context_tokens)
         key = _prompt_hash(prompt, run.adapter, cfg.max_new_tokens)
         row = {"id": item.id, "prompt_hash": key,
                "context": [{"doc_id": p.doc_id, "title": p.title, "text": p.text} for p in passages or []],

@@ -88,6 +88,15 @@ def make_backend(settings: Settings) -> tuple[GenerationBackend, object]:
         backend = OpenAIBackend(settings.server.openai_base_url, settings.server.openai_api_key,
                                 settings.models.generator, settings.generation)
         return backend, tokenizer
+    from core.llamacpp_engine import engine_from_settings, select_engine
+
+    choice, reason = select_engine(settings)
+    logger.warning("generation engine: %s (%s)", choice, reason)
+    if choice == "llamacpp":
+        from service.backends import OCCUPANCY, ContinuousBackend
+
+        llama = engine_from_settings(settings, on_step=OCCUPANCY.observe)
+        return ContinuousBackend(llama, llama.tokenizer, settings.generation), llama.tokenizer
     from core.engine import GenerationEngine
 
     engine = GenerationEngine.from_settings(settings)

@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 from prometheus_client import Counter, Gauge, Histogram
@@ -26,13 +26,23 @@ from prometheus_client import Counter, Gauge, Histogram
 from core.engine import GenerationEngine
 from core.errors import NotFoundError, TuneragError
 from core.generation import Generation
+from core.llamacpp_engine import EngineRequest, LlamaCppEngine
 from core.settings import GenerationSettings
 
 logger = logging.getLogger(__name__)
 
-TOKENS_GENERATED = Counter("tunerag_tokens_generated_total", "Tokens generated", ["adapter"])
+TOKENS_GENERATED = Counter("tunerag_tokens_generated_total", "Tokens generated (rate() gives tokens/s)", ["adapter"])
 QUEUE_DEPTH = Gauge("tunerag_generation_queue_depth", "Requests waiting for the generator")
 BATCH_SIZE = Histogram("tunerag_generation_batch_size", "Prompts per generate call", buckets=(1, 2, 4, 8, 16, 32))
+RUNNING = Gauge("tunerag_generation_running", "Requests being decoded (continuous batching slots in use)")
+WAITING = Gauge("tunerag_generation_waiting", "Requests waiting for a decoding slot")
+OCCUPANCY = Histogram("tunerag_generation_batch_occupancy", "Sequences in one decode step",
+                      buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 31))
+TIME_TO_FIRST_TOKEN = Histogram("tunerag_time_to_first_token_seconds", "Submit to first text of an answer",
+                                buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32))
+TIME_PER_TOKEN = Histogram("tunerag_time_per_output_token_seconds", "Gap between text pieces of one answer",
+                           buckets=(0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28))
+CANCELLED = Counter("tunerag_generation_cancelled_total", "Generations stopped because the client went away")
 
 
 class BackendError(TuneragError):
@@ -163,6 +173,81 @@ class LocalBackend:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
+
+
+class ContinuousBackend:
+    """The llama.cpp engine: every request, streaming or not, joins one continuously batched decode loop.
+
+    A request whose consumer goes away (client disconnect, cancelled task, closed stream) is cancelled in
+    the engine and its slot is freed at the next decode step.
+    """
+
+    def __init__(self, engine: LlamaCppEngine, tokenizer: Any, config: GenerationSettings) -> None:
+        self.engine, self.tokenizer, self.config = engine, tokenizer, config
+        RUNNING.set_function(lambda: engine.stats()["running"])
+        WAITING.set_function(lambda: engine.stats()["waiting"])
+
+    async def _events(self, prompt: str, adapter: str | None, max_new_tokens: int | None,
+                      temperature: float | None) -> AsyncIterator[tuple[str, Any]]:
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+        def put(kind: str, payload: Any) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, (kind, payload))
+
+        request = EngineRequest(
+            prompt_ids=self.tokenizer(prompt, add_special_tokens=False).input_ids, adapter=adapter,
+            max_new_tokens=max_new_tokens or self.config.max_new_tokens,
+            temperature=self.config.temperature if temperature is None else temperature, top_p=self.config.top_p,
+            repetition_penalty=self.config.repetition_penalty,
+            on_text=lambda text: put("text", text), on_done=lambda result: put("done", result))
+        self.engine.submit(request)
+        began, last = time.perf_counter(), None
+        finished = False
+        try:
+            while True:
+                kind, payload = await events.get()
+                if kind == "text":
+                    now = time.perf_counter()
+                    if last is None:
+                        TIME_TO_FIRST_TOKEN.observe(now - began)
+                    else:
+                        TIME_PER_TOKEN.observe(now - last)
+                    last = now
+                    yield kind, payload
+                    continue
+                finished = True
+                if isinstance(payload, BaseException):
+                    raise payload
+                TOKENS_GENERATED.labels(adapter or "base").inc(payload.completion_tokens)
+                yield kind, payload
+                return
+        finally:
+            if not finished:
+                request.cancel()
+                CANCELLED.inc()
+
+    async def generate(self, prompt: str, adapter: str | None, max_new_tokens: int | None,
+                       temperature: float | None) -> Generation:
+        async for kind, payload in self._events(prompt, adapter, max_new_tokens, temperature):
+            if kind == "done":
+                return payload
+        raise BackendError("generation ended without a result")
+
+    async def stream(self, prompt: str, adapter: str | None, max_new_tokens: int | None,
+                     temperature: float | None) -> AsyncIterator[str]:
+        async for kind, payload in self._events(prompt, adapter, max_new_tokens, temperature):
+            if kind == "text":
+                yield payload
+
+    async def load_adapter(self, name: str, path: Path) -> None:
+        await anyio.to_thread.run_sync(self.engine.load_adapter, name, path)
+
+    def loaded_adapters(self) -> list[str]:
+        return sorted(self.engine.adapters)
+
+    async def close(self) -> None:
+        await anyio.to_thread.run_sync(self.engine.close)
 
 
 class OpenAIBackend:

@@ -99,8 +99,12 @@ class ChatService:
 
     def _prompt(self, p: Plan, question: str, results: list[SearchResult] | None, history: Sequence[Message]) -> str:
         passages = [r.to_passage() for r in results] if results is not None else None
-        return build_prompt(self.template, self.state.tokenizer, question, passages, history,
-                            with_examples=p.mode == "prompt")
+        try:
+            return build_prompt(self.template, self.state.tokenizer, question, passages, history,
+                                with_examples=p.mode == "prompt",
+                                max_tokens=self.state.settings.generation.max_context_tokens)
+        except ValueError as exc:
+            raise InvalidInputError(str(exc)) from None
 
     async def prepare(self, question: str, history: Sequence[Message], mode: str, top_k: int | None,
                       filters: dict[str, Any] | None, adapter: str | None = None) -> tuple[Plan, list[SearchResult] | None, str, float]:

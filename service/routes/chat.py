@@ -21,6 +21,7 @@ from core.prompt import Message as PromptMessage
 from service.auth import is_admin, known_key, presented_key, requires
 from service.chat import Answer, ChatService
 from service.db import Conversation, Feedback, Message
+from service.disconnect import unless_disconnected
 from service.schemas import ChatRequest, ChatResponse, FeedbackRequest, FeedbackResponse, Source, Usage
 
 HISTORY_TURNS = 6  # earlier messages sent back to the model with a follow-up question
@@ -87,7 +88,7 @@ class ChatController(Controller):
         kwargs = {"mode": data.mode, "top_k": data.top_k, "filters": data.filters,
                   "max_new_tokens": data.max_tokens, "temperature": data.temperature}
         if not data.stream:
-            answer = await chat_service.answer(data.question, history, **kwargs)
+            answer = await unless_disconnected(request, chat_service.answer(data.question, history, **kwargs))
             conversation_id, message_id = await store_turn(db_session, data.conversation_id, data.question, answer, owner)
             return Response(response_for(answer, conversation_id, message_id))
 

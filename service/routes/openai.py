@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from litestar import Controller, Response, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.response import ServerSentEvent
 
@@ -21,6 +21,7 @@ from core import artifacts
 from core.errors import InvalidInputError, NotFoundError
 from service.auth import requires
 from service.chat import Answer, ChatService
+from service.disconnect import unless_disconnected
 from service.schemas import ChatCompletionRequest
 from service.state import ServiceState
 
@@ -58,7 +59,7 @@ class OpenAIController(Controller):
 
     @post("/chat/completions", summary="OpenAI-compatible chat completion with retrieval.", status_code=200)
     async def completions(self, data: ChatCompletionRequest, chat_service: NamedDependency[ChatService],
-                          service_state: NamedDependency[ServiceState]) -> Response[Any]:
+                          service_state: NamedDependency[ServiceState], request: Request) -> Response[Any]:
         turns = [m for m in data.messages if m.role != "system"]
         if not turns or turns[-1].role != "user":
             raise InvalidInputError("messages must end with a user message")
@@ -69,7 +70,7 @@ class OpenAIController(Controller):
                   "temperature": data.temperature}
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         if not data.stream:
-            answer = await chat_service.answer(turns[-1].content, history, **kwargs)
+            answer = await unless_disconnected(request, chat_service.answer(turns[-1].content, history, **kwargs))
             return Response({
                 "id": completion_id, "object": "chat.completion", "created": created, "model": data.model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text}, "finish_reason": answer.finish_reason}],

@@ -1,0 +1,503 @@
+"""Continuous-batching generation on llama.cpp: one decode loop for every request, streaming or not.
+
+The engine runs the packaged GGUF with the ik_llama.cpp wheel (prebuilt, CPU-optimised llama.cpp; no
+compile in ``make setup``). One thread owns the llama.cpp context, so two generations can never run on the
+same model state at once; callers only submit requests and receive events.
+
+Each step of the loop:
+  * admits waiting requests while sequence slots and KV-cache room are free (room for prompt + answer is
+    reserved up front, so a decode never runs out of cache);
+  * for each adapter that has live sequences (adapters are applied per context, so rows of different
+    adapters cannot share one ``llama_decode``): sets the adapter and decodes one batch holding every live
+    sequence's next token plus chunks of newly admitted prompts;
+  * samples (greedy, or temperature/top-p, with the same repetition penalty as transformers), sends the new
+    text to the request, and frees the slot of every request that finished or was cancelled.
+
+Prompts are token ids produced by the caller from :mod:`core.prompt` with the HF tokenizer (the one prompt
+path). The longest prefix that consecutive prompts share (the system prompt) is kept decoded in a reserved
+sequence per adapter and copied into new sequences (``llama_kv_cache_seq_cp``) instead of re-prefilled.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from core.errors import ConfigError, ModelNotFoundError, NotFoundError, TuneragError
+from core.generation import Generation
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from core.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+MIN_PREFIX_TOKENS = 32  # shorter shared prefixes are cheaper to re-prefill than to manage
+# Tokens in one llama_decode call. The wheel's CPU build switches to a GEMM path at 32 rows whose logits
+# disagree with the reference (correlation 0.6 against transformers on the same weights, measured; at 31
+# rows and below 0.999), so every call stays under it: decode tokens first, then prompt chunks.
+MAX_DECODE_TOKENS = 31
+
+
+def llamacpp_available() -> bool:
+    """Whether the ik_llama.cpp wheel is importable (the engine falls back to transformers otherwise)."""
+    try:
+        import ik_llama_cpp._ctypes_api  # noqa: F401
+    except (ImportError, OSError, FileNotFoundError):
+        return False
+    return True
+
+
+def find_gguf(folder: str | Path) -> Path | None:
+    files = sorted(glob.glob(os.path.join(str(folder), "**", "*.gguf"), recursive=True))
+    return Path(files[0]) if files else None
+
+
+def select_engine(settings: Settings) -> tuple[str, str]:
+    """``("llamacpp" | "transformers", reason)`` for ``generation.engine`` (``auto`` decides by what is here).
+
+    Raises:
+        ConfigError: ``llamacpp`` was asked for but cannot run (no wheel, no GGUF generator, not on CPU).
+    """
+    from core.models import generator_gguf_path, resolve_device
+
+    choice = settings.generation.engine
+    if choice == "transformers":
+        return "transformers", "generation.engine=transformers"
+    problems = []
+    if not llamacpp_available():
+        problems.append("the ik-llama-cpp-python wheel is not installed (make setup installs it)")
+    if resolve_device(settings) != "cpu":
+        problems.append("the device is not the CPU (the wheel is a CPU build)")
+    if generator_gguf_path(settings) is None:
+        problems.append(f"the generator {settings.models.generator!r} is not a GGUF model")
+    if not problems:
+        return "llamacpp", "llama.cpp with continuous batching"
+    if choice == "llamacpp":
+        raise ConfigError("generation.engine=llamacpp cannot run: " + "; ".join(problems))
+    return "transformers", "; ".join(problems)
+
+
+def engine_from_settings(settings: Settings, on_step: Callable[[int], None] | None = None) -> LlamaCppEngine:
+    """The llama.cpp engine on the settings' GGUF generator, with its HF tokenizer (one prompt path)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from core.models import generator_gguf_path, resolve_generator
+
+    resolved = resolve_generator(settings)  # the converted folder: tokenizer, chat template and head counts
+    tokenizer = AutoTokenizer.from_pretrained(resolved.location)
+    config = AutoConfig.from_pretrained(resolved.location)
+    gen = settings.generation
+    return LlamaCppEngine(generator_gguf_path(settings), tokenizer, max_batch=gen.max_running_requests,  # type: ignore[arg-type]
+                          kv_tokens=gen.kv_cache_tokens, n_threads=gen.threads, n_head=config.num_attention_heads,
+                          n_head_kv=getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
+                          on_step=on_step)
+
+
+class _Api:
+    """The llama.cpp C functions the engine calls, typed once (the wheel's module covers the basics)."""
+
+    def __init__(self) -> None:
+        from ik_llama_cpp import _ctypes_api as C
+
+        self.C = C
+        lib = C._lib
+        void, i32 = ctypes.c_void_p, ctypes.c_int32
+
+        def bind(name: str, argtypes: list[Any], restype: Any) -> Any:
+            fn = getattr(lib, name)
+            fn.argtypes, fn.restype = argtypes, restype
+            return fn
+
+        self.seq_rm = bind("llama_kv_cache_seq_rm", [void, i32, i32, i32], ctypes.c_bool)
+        self.seq_cp = bind("llama_kv_cache_seq_cp", [void, i32, i32, i32, i32], None)
+        self.lora_init = bind("llama_lora_adapter_init", [void, ctypes.c_char_p], void)
+        self.lora_set = bind("llama_lora_adapter_set", [void, void, ctypes.c_float], i32)
+        self.lora_clear = bind("llama_lora_adapter_clear", [void], None)
+        self.lora_free = bind("llama_lora_adapter_free", [void], None)
+        self.is_eog = bind("llama_token_is_eog", [void, i32], ctypes.c_bool)
+
+
+@dataclass
+class EngineRequest:
+    """One generation. Callbacks run on the engine thread and must not block."""
+
+    prompt_ids: list[int]
+    adapter: str | None
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    repetition_penalty: float
+    on_text: Callable[[str], None]
+    on_done: Callable[[Generation | BaseException], None]
+    seed: int | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    submitted: float = field(default_factory=time.perf_counter)
+
+    def cancel(self) -> None:
+        """Free the request's slot at the next step; nothing is decoded for it afterwards."""
+        self.cancelled.set()
+
+
+@dataclass
+class _Seq:
+    request: EngineRequest
+    slot: int
+    pending: list[int]  # prompt tokens not decoded yet
+    pos: int  # next position
+    seen: np.ndarray  # vocab mask for the repetition penalty
+    rng: np.random.Generator
+    generated: list[int] = field(default_factory=list)
+    sent: str = ""
+    reserved: int = 0
+    logits_row: int = -1
+
+
+@dataclass
+class _Prefix:
+    seq: int
+    tokens: list[int] = field(default_factory=list)
+    last_prompt: list[int] = field(default_factory=list)
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    arr_a, arr_b = np.asarray(a[:n]), np.asarray(b[:n])
+    diff = np.nonzero(arr_a != arr_b)[0]
+    return int(diff[0]) if diff.size else n
+
+
+class LlamaCppEngine:
+    """A GGUF model on llama.cpp with LoRA adapters and continuous batching.
+
+    Args:
+        gguf_path: the base model file.
+        tokenizer: the HF tokenizer of the same model (prompts and answers are (de)tokenized with it).
+        max_batch: sequence slots decoded together.
+        kv_tokens: KV-cache cells shared by all sequences (prompt + answer of every running request).
+        n_threads: CPU threads for llama.cpp (default: all cores).
+        on_step: called after every decode with the number of sequences in it (metrics).
+    """
+
+    def __init__(self, gguf_path: Path, tokenizer: PreTrainedTokenizerBase, *, max_batch: int = 8,
+                 kv_tokens: int = 16384, n_threads: int | None = None, n_head: int | None = None,
+                 n_head_kv: int | None = None, on_step: Callable[[int], None] | None = None) -> None:
+        if not gguf_path.is_file():
+            raise ModelNotFoundError(f"GGUF model not found: {gguf_path}")
+        self.api = _Api()
+        C = self.api.C
+        C.llama_backend_init()
+        params = C.llama_model_default_params()
+        self.model = C.llama_model_load_from_file(str(gguf_path).encode(), params)
+        if not self.model:
+            raise ModelNotFoundError(f"llama.cpp could not load {gguf_path}")
+        self.n_vocab = C.llama_vocab_n_tokens(C.llama_model_get_vocab(self.model))
+        self.max_batch, self.n_prefix_slots = max_batch, 4
+        cparams = C.llama_context_default_params()
+        cparams.n_ctx = kv_tokens
+        if not 0 < max_batch <= MAX_DECODE_TOKENS:
+            raise ValueError(f"max_batch must be in 1..{MAX_DECODE_TOKENS}, got {max_batch}")
+        cparams.n_batch = cparams.n_ubatch = 512
+        cparams.n_seq_max = max_batch + self.n_prefix_slots
+        threads = n_threads or os.cpu_count() or 1
+        cparams.n_threads = cparams.n_threads_batch = threads
+        cparams.flash_attn = False  # ik_llama.cpp refuses LoRA adapters on a flash-attention context
+        self.ctx = C.llama_init_from_model(self.model, cparams)
+        if not self.ctx:
+            raise TuneragError("llama.cpp could not create a context (out of memory for the KV cache?)")
+        self.kv_tokens = kv_tokens
+        self.batch = C.llama_batch_init(MAX_DECODE_TOKENS, 0, 1)
+        self.batch_capacity = MAX_DECODE_TOKENS
+        self.tokenizer = tokenizer
+        self.eos_ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+        self.gguf_path, self.n_head, self.n_head_kv = gguf_path, n_head, n_head_kv
+        self.on_step = on_step
+        self._adapters: dict[str, tuple[str, int]] = {}  # name -> (peft folder, llama adapter pointer)
+        self._applied: str | None = None
+        self._inbox: queue.Queue[EngineRequest | Callable[[], None] | None] = queue.Queue()
+        self._waiting: list[EngineRequest] = []
+        self._running: dict[int, _Seq] = {}
+        self._prefixes: dict[str | None, _Prefix] = {}
+        self._decoding = 0  # concurrent llama_decode calls: never above 1 (checked by the tests)
+        self.max_concurrent_decodes = 0
+        self.decode_calls = 0
+        self._thread = threading.Thread(target=self._loop, name="tunerag-llamacpp", daemon=True)
+        self._closed = False
+        self._thread.start()
+        logger.info("llama.cpp engine: %s, %d slots, %d KV tokens, %d threads", gguf_path.name, max_batch,
+                    kv_tokens, threads)
+
+    # --- public API (any thread) ----------------------------------------------------------------------
+
+    @property
+    def adapters(self) -> dict[str, str]:
+        return {name: folder for name, (folder, _) in self._adapters.items()}
+
+    def stats(self) -> dict[str, int]:
+        return {"running": len(self._running), "waiting": len(self._waiting) + self._inbox.qsize(),
+                "slots": self.max_batch, "kv_reserved": sum(s.reserved for s in self._running.values())}
+
+    def submit(self, request: EngineRequest) -> EngineRequest:
+        if self._closed:
+            raise TuneragError("the generation engine is shut down")
+        if request.adapter is not None and request.adapter not in self._adapters:
+            raise NotFoundError(f"adapter {request.adapter!r} is not loaded; loaded: {sorted(self._adapters) or 'none'}")
+        if len(request.prompt_ids) + request.max_new_tokens > self.kv_tokens // 2:
+            raise TuneragError(f"prompt of {len(request.prompt_ids)} tokens + {request.max_new_tokens} new tokens "
+                               f"exceeds the engine's per-request budget ({self.kv_tokens // 2} tokens)")
+        self._inbox.put(request)
+        return request
+
+    def load_adapter(self, name: str, peft_dir: Path | str) -> None:
+        """Export (once) the peft adapter to GGUF and load it; runs on the engine thread between steps."""
+        from core.gguf_lora import export_lora_gguf
+
+        folder = str(peft_dir)
+        if self._adapters.get(name, ("", 0))[0] == folder:
+            return
+        gguf_file = export_lora_gguf(Path(folder), self.n_head or 1, self.n_head_kv or self.n_head or 1)
+        done: queue.Queue[BaseException | None] = queue.Queue()
+
+        def attach() -> None:
+            try:
+                pointer = self.api.lora_init(self.model, str(gguf_file).encode())
+                if not pointer:
+                    raise TuneragError(f"llama.cpp could not load the LoRA {gguf_file}")
+                self._adapters[name] = (folder, pointer)
+                done.put(None)
+            except BaseException as exc:
+                done.put(exc)
+
+        self._inbox.put(attach)
+        error = done.get()
+        if error is not None:
+            raise error
+        logger.info("adapter %s loaded into llama.cpp from %s", name, gguf_file)
+
+    def close(self) -> None:
+        self._closed = True
+        self._inbox.put(None)
+        self._thread.join(timeout=30)
+
+    # --- the loop (engine thread only) ----------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            block = not self._running and not self._waiting
+            try:
+                item = self._inbox.get(block=block)
+            except queue.Empty:
+                item = False  # type: ignore[assignment]
+            while item is not False:
+                if item is None:
+                    self._fail_all(TuneragError("the generation engine shut down"))
+                    return
+                if callable(item) and not isinstance(item, EngineRequest):
+                    item()
+                else:
+                    self._waiting.append(item)
+                try:
+                    item = self._inbox.get_nowait()
+                except queue.Empty:
+                    item = False  # type: ignore[assignment]
+            try:
+                self._step()
+            except BaseException as exc:  # a llama.cpp failure fails the requests in flight, not the loop
+                logger.exception("generation step failed")
+                self._fail_all(exc)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        for seq in list(self._running.values()):
+            self._finish(seq, exc)
+        for request in self._waiting:
+            request.on_done(exc)
+        self._waiting.clear()
+
+    def _free_slots(self) -> list[int]:
+        return [s for s in range(self.max_batch) if s not in self._running]
+
+    def _admit(self) -> None:
+        self._waiting = [r for r in self._waiting if not self._drop_if_cancelled(r)]
+        reserved = sum(s.reserved for s in self._running.values())
+        prefix_cells = sum(len(p.tokens) for p in self._prefixes.values())
+        while self._waiting and self._free_slots():
+            request = self._waiting[0]
+            need = len(request.prompt_ids) + request.max_new_tokens
+            if reserved + prefix_cells + need > self.kv_tokens and self._running:
+                break  # wait for room
+            self._waiting.pop(0)
+            slot = self._free_slots()[0]
+            seen = np.zeros(self.n_vocab, dtype=bool)
+            seen[np.asarray(request.prompt_ids, dtype=np.int64)] = True
+            seq = _Seq(request, slot, list(request.prompt_ids), 0, seen, np.random.default_rng(request.seed),
+                       reserved=need)
+            self._reuse_prefix(seq)
+            self._running[slot] = seq
+            reserved += need
+
+    def _drop_if_cancelled(self, request: EngineRequest) -> bool:
+        if request.cancelled.is_set():
+            request.on_done(_cancelled())
+            return True
+        return False
+
+    def _set_adapter(self, adapter: str | None) -> None:
+        if adapter == self._applied:
+            return
+        self.api.lora_clear(self.ctx)
+        if adapter is not None and self.api.lora_set(self.ctx, self._adapters[adapter][1], 1.0) != 0:
+            raise TuneragError(f"llama.cpp refused to apply adapter {adapter!r}")
+        self._applied = adapter
+
+    def _decode(self, items: list[tuple[int, int, int, bool]]) -> None:
+        C, batch = self.api.C, self.batch
+        batch.n_tokens = len(items)
+        for i, (token, pos, seq_id, want) in enumerate(items):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, pos, 1
+            batch.seq_id[i][0], batch.logits[i] = seq_id, 1 if want else 0
+        self._decoding += 1
+        self.max_concurrent_decodes = max(self.max_concurrent_decodes, self._decoding)
+        try:
+            rc = C.llama_decode(self.ctx, batch)
+        finally:
+            self._decoding -= 1
+        self.decode_calls += 1
+        if rc != 0:
+            raise TuneragError(f"llama_decode failed (code {rc})")
+
+    def _reuse_prefix(self, seq: _Seq) -> None:
+        """Copy the cached shared prefix of this adapter into the new sequence, building it when two
+        consecutive prompts share a long enough prefix."""
+        adapter, prompt = seq.request.adapter, seq.request.prompt_ids
+        prefix = self._prefixes.get(adapter)
+        if prefix is None:
+            if len(self._prefixes) >= self.n_prefix_slots:
+                victim = next(iter(self._prefixes))
+                self.api.seq_rm(self.ctx, self._prefixes.pop(victim).seq, -1, -1)
+            used = {p.seq for p in self._prefixes.values()}
+            free = next(s for s in range(self.max_batch, self.max_batch + self.n_prefix_slots) if s not in used)
+            prefix = self._prefixes[adapter] = _Prefix(free)
+        n = min(_common_prefix(prefix.tokens, prompt), len(prompt) - 1)
+        if n < MIN_PREFIX_TOKENS:
+            shared = min(_common_prefix(prefix.last_prompt, prompt), len(prompt) - 1)
+            if shared >= MIN_PREFIX_TOKENS:
+                self._build_prefix(prefix, adapter, prompt[:shared])
+                n = shared
+        prefix.last_prompt = list(prompt)
+        if n >= MIN_PREFIX_TOKENS:
+            self.api.seq_cp(self.ctx, prefix.seq, seq.slot, 0, n)
+            seq.pending, seq.pos = list(prompt[n:]), n
+
+    def _build_prefix(self, prefix: _Prefix, adapter: str | None, tokens: list[int]) -> None:
+        self.api.seq_rm(self.ctx, prefix.seq, -1, -1)
+        self._set_adapter(adapter)
+        for start in range(0, len(tokens), self.batch_capacity):
+            chunk = tokens[start : start + self.batch_capacity]
+            self._decode([(t, start + i, prefix.seq, False) for i, t in enumerate(chunk)])
+        prefix.tokens = list(tokens)
+
+    def _step(self) -> None:
+        for seq in [s for s in self._running.values() if s.request.cancelled.is_set()]:
+            self._finish(seq, _cancelled())
+        self._admit()
+        if not self._running:
+            return
+        groups: dict[str | None, list[_Seq]] = {}
+        for seq in self._running.values():
+            groups.setdefault(seq.request.adapter, []).append(seq)
+        for adapter, seqs in groups.items():
+            items: list[tuple[int, int, int, bool]] = []
+            wanting: list[_Seq] = []
+            for seq in seqs:  # every decoding sequence advances one token
+                if not seq.pending:
+                    items.append((seq.generated[-1], seq.pos, seq.slot, True))
+                    seq.pos += 1
+                    seq.logits_row = len(items) - 1
+                    wanting.append(seq)
+            for seq in seqs:  # prompts fill the rest of the call, oldest first
+                room = self.batch_capacity - len(items)
+                if not seq.pending or room <= 0:
+                    continue
+                chunk = seq.pending[:room]
+                last = len(chunk) == len(seq.pending)
+                for i, token in enumerate(chunk):
+                    items.append((token, seq.pos + i, seq.slot, last and i == len(chunk) - 1))
+                seq.pending = seq.pending[len(chunk):]
+                seq.pos += len(chunk)
+                if last:
+                    seq.logits_row = len(items) - 1
+                    wanting.append(seq)
+            if not items:
+                continue
+            self._set_adapter(adapter)
+            self._decode(items)
+            if self.on_step is not None:
+                self.on_step(len(seqs))
+            for seq in wanting:
+                self._advance(seq)
+
+    def _advance(self, seq: _Seq) -> None:
+        request = seq.request
+        pointer = self.api.C.llama_get_logits_ith(self.ctx, seq.logits_row)
+        logits = np.ctypeslib.as_array(pointer, shape=(self.n_vocab,))
+        token = _sample(logits, seq.seen, request.repetition_penalty, request.temperature, request.top_p, seq.rng)
+        seq.generated.append(token)
+        seq.seen[token] = True
+        stop = token in self.eos_ids or bool(self.api.is_eog(self.model, token))
+        if not stop:
+            text = self.tokenizer.decode(seq.generated, skip_special_tokens=True)
+            if not text.endswith("\ufffd") and len(text) > len(seq.sent):
+                request.on_text(text[len(seq.sent):])
+                seq.sent = text
+        if stop or len(seq.generated) >= request.max_new_tokens:
+            text = self.tokenizer.decode(seq.generated, skip_special_tokens=True).strip()
+            self._finish(seq, Generation(text, len(request.prompt_ids), len(seq.generated),
+                                         time.perf_counter() - request.submitted, "stop" if stop else "length"))
+
+    def _finish(self, seq: _Seq, result: Generation | BaseException) -> None:
+        self._running.pop(seq.slot, None)
+        self.api.seq_rm(self.ctx, seq.slot, -1, -1)
+        seq.request.on_done(result)
+
+
+class GenerationCancelled(TuneragError):
+    """The request was cancelled (its client went away) before it finished."""
+
+    status_code = 499
+
+
+def _cancelled() -> GenerationCancelled:
+    return GenerationCancelled("generation cancelled")
+
+
+def _sample(logits: np.ndarray, seen: np.ndarray, penalty: float, temperature: float, top_p: float,
+            rng: np.random.Generator) -> int:
+    """transformers' semantics: repetition penalty on every token of prompt and answer, then greedy or
+    temperature + nucleus sampling."""
+    x = np.array(logits, dtype=np.float32)
+    if penalty != 1.0:
+        picked = x[seen]
+        x[seen] = np.where(picked > 0, picked / penalty, picked * penalty)
+    if temperature <= 0:
+        return int(np.argmax(x))
+    x = x / temperature
+    order = np.argsort(-x)
+    probs = np.exp(x[order] - x[order[0]])
+    probs /= probs.sum()
+    if top_p < 1.0:
+        keep = int(np.searchsorted(np.cumsum(probs), top_p) + 1)
+        probs = probs[:keep] / probs[:keep].sum()
+        order = order[:keep]
+    return int(order[rng.choice(len(probs), p=probs)])
