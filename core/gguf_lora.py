@@ -57,6 +57,11 @@ def export_lora_gguf(adapter_dir: Path, n_head: int, n_head_kv: int, *, out: Pat
     if config.get("peft_type", "LORA") != "LORA" or config.get("use_rslora") or config.get("use_dora"):
         raise InvalidInputError(f"{adapter_dir}: only plain LoRA adapters can be served by llama.cpp "
                                 "(not rsLoRA/DoRA); serve it with the transformers engine")
+    rank = int(config.get("r", 0))
+    if rank % 8:
+        # Measured: the wheel's LoRA kernels answer garbage (EOS at once) for r=4 and match peft for r=8.
+        raise InvalidInputError(f"{adapter_dir}: the llama.cpp engine serves LoRA ranks that are multiples of 8, "
+                                f"this adapter has r={rank}; retrain with r=8/16/32 or set generation.engine=transformers")
     tensors = load_file(str(weights_file))
     writer = gguf.GGUFWriter(str(out.with_suffix(".tmp")), "llama")
     writer.add_type(gguf.GGUFType.ADAPTER)
