@@ -1,12 +1,19 @@
-"""Chat latency of the real API (uvicorn on 127.0.0.1, real SmolLM2 + MiniLM), with and without dynamic batching.
+"""Serving speed of the real API: the llama.cpp continuous-batching engine vs the previous transformers batcher,
+with raw llama.cpp on the same GGUF and prompt as the peer, all in one run.
 
-    python bench/bench_serving.py [--requests 24] [--max-tokens 32]
+    python bench/bench_serving.py [--max-tokens 64] [--soak-seconds 120] [--storm-seconds 30]
 
-For concurrency 1, 4 and 16: total latency p50/p95 of non-streaming chats, throughput and the error
-count, once with dynamic batching (batch_size 8, 20 ms window) and once one-at-a-time (batch_size 1).
-Time to first token is measured on streaming chats (streams are decoded one at a time in this version,
-so batching does not change them). Finally, chats sent while a full index rebuild runs: all must
-succeed. All load goes to localhost only; every loop is bounded in count and time.
+Both servers are real uvicorn processes on 127.0.0.1 with the packaged SmolLM2 + MiniLM, combined mode
+(4 passages) and an active LoRA adapter (r=16 on q/k/v/o, random weights: speed only). For each engine:
+  * single-stream decode tokens/s (streaming, concurrency 1: completion tokens / (total - time to first token)),
+  * aggregate completion tokens/s at concurrency 1 and 8, their ratio, and time to first token p50/p95 at 8,
+and for the llama.cpp engine also: 0 errors at concurrency 16 for --soak-seconds, and a disconnect storm
+(8 clients stream whole answers while 8 others hang up after their third token and reconnect, repeatedly),
+whose throughput for the 8 steady clients is compared with the same 8 clients alone.
+Peer: the same GGUF decoded greedily by llama.cpp in-process, batch 1, on the same prompt (no server, no
+Python scheduler): the ceiling our engine is measured against. llama-cpp-python is measured too when it
+is installed (it has no wheel for this machine's glibc; `pip install llama-cpp-python` builds it, ~12 min).
+All load goes to localhost only; every loop is bounded in count and time.
 """
 
 from __future__ import annotations
@@ -23,9 +30,9 @@ import time
 from pathlib import Path
 
 import httpx
-from common import ROOT, emit, percentiles, sample_kb_copies
+from common import ROOT, emit, percentiles
 
-from core.settings import SAMPLE_DIR
+from core.settings import SAMPLE_DIR, load_settings
 
 QUESTIONS = [json.loads(line)["question"] for line in (SAMPLE_DIR / "eval.jsonl").read_text().splitlines()]
 
@@ -62,36 +69,38 @@ class Server:
         self.proc.wait(timeout=120)
 
 
-async def chat_load(url: str, concurrency: int, requests: int, max_tokens: int, stream: bool) -> dict:
-    latencies, first_tokens, errors, tokens = [], [], 0, 0
+async def stream_chat(client: httpx.AsyncClient, url: str, question: str, max_tokens: int,
+                      hang_up_after: int | None = None) -> dict:
+    """One streaming chat; returns latency parts and completion tokens (or hangs up after N token events)."""
+    began = time.perf_counter()
+    first, events, tokens = None, 0, 0
+    async with client.stream("POST", f"{url}/v1/chat", json={"question": question, "max_tokens": max_tokens,
+                                                            "stream": True}) as r:
+        if r.status_code != 200:
+            raise httpx.HTTPStatusError("bad status", request=r.request, response=r)
+        async for line in r.aiter_lines():
+            if line.startswith("event: token"):
+                events += 1
+                if first is None:
+                    first = time.perf_counter() - began
+                if hang_up_after is not None and events >= hang_up_after:
+                    return {"hung_up": True}
+            if line.startswith("data: ") and '"usage"' in line:
+                tokens = json.loads(line[6:])["usage"]["completion_tokens"]
+    total = time.perf_counter() - began
+    return {"ttft": first or total, "total": total, "tokens": tokens}
+
+
+async def load(url: str, concurrency: int, requests: int, max_tokens: int) -> dict:
     queue = list(range(requests))
+    rows, errors = [], 0
 
     async def worker(client: httpx.AsyncClient) -> None:
-        nonlocal errors, tokens
+        nonlocal errors
         while queue:
             n = queue.pop()
-            body = {"question": QUESTIONS[n % len(QUESTIONS)], "max_tokens": max_tokens, "stream": stream}
-            began = time.perf_counter()
             try:
-                if stream:
-                    first = None
-                    async with client.stream("POST", f"{url}/v1/chat", json=body) as r:
-                        async for line in r.aiter_lines():
-                            if first is None and line.startswith("event: token"):
-                                first = time.perf_counter() - began
-                            if line.startswith("data: ") and '"usage"' in line:
-                                tokens += json.loads(line[6:])["usage"]["completion_tokens"]
-                        if r.status_code != 200:
-                            errors += 1
-                            continue
-                    first_tokens.append(first if first is not None else time.perf_counter() - began)
-                else:
-                    r = await client.post(f"{url}/v1/chat", json=body)
-                    if r.status_code != 200:
-                        errors += 1
-                        continue
-                    tokens += r.json()["usage"]["completion_tokens"]
-                latencies.append(time.perf_counter() - began)
+                rows.append(await stream_chat(client, url, QUESTIONS[n % len(QUESTIONS)], max_tokens))
             except httpx.HTTPError:
                 errors += 1
 
@@ -99,75 +108,190 @@ async def chat_load(url: str, concurrency: int, requests: int, max_tokens: int, 
     async with httpx.AsyncClient(timeout=600) as client:
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
     wall = time.perf_counter() - began
-    out = {"concurrency": concurrency, "requests": requests, "errors": errors, "wall_s": round(wall, 1),
-           "requests_per_s": round(len(latencies) / wall, 3), "tokens_per_s": round(tokens / wall, 1),
-           "total_latency": percentiles(latencies)}
-    if stream:
-        out["time_to_first_token"] = percentiles(first_tokens)
-    return out
+    tokens = sum(r["tokens"] for r in rows)
+    decode = [r["tokens"] / (r["total"] - r["ttft"]) for r in rows if r["total"] > r["ttft"] and r["tokens"] > 1]
+    return {"concurrency": concurrency, "requests": requests, "errors": errors, "wall_s": round(wall, 1),
+            "tokens_per_s": round(tokens / wall, 1), "mean_tokens": round(tokens / max(len(rows), 1), 1),
+            "per_stream_decode_tokens_per_s": round(sum(decode) / max(len(decode), 1), 1),
+            "time_to_first_token": percentiles([r["ttft"] for r in rows]),
+            "total_latency": percentiles([r["total"] for r in rows])}
 
 
-async def during_rebuild(url: str, concurrency: int, max_tokens: int, limit_s: float = 600) -> dict:
+async def soak(url: str, concurrency: int, seconds: float, max_tokens: int) -> dict:
+    deadline = time.perf_counter() + seconds
+    ok = errors = tokens = 0
+
+    async def worker(client: httpx.AsyncClient, n: int) -> None:
+        nonlocal ok, errors, tokens
+        while time.perf_counter() < deadline:
+            try:
+                tokens += (await stream_chat(client, url, QUESTIONS[n % len(QUESTIONS)], max_tokens))["tokens"]
+                ok += 1
+            except httpx.HTTPError:
+                errors += 1
+            n += concurrency
+
     async with httpx.AsyncClient(timeout=600) as client:
-        job = (await client.post(f"{url}/v1/index/rebuild")).json()
-        before = (await client.get(f"{url}/ready")).json()["index_version"]
-        ok = errors = 0
-        versions: set[str] = set()
-        done = asyncio.Event()
+        await asyncio.gather(*(worker(client, i) for i in range(concurrency)))
+    return {"concurrency": concurrency, "seconds": seconds, "completed": ok, "errors": errors,
+            "tokens_per_s": round(tokens / seconds, 1)}
 
-        async def watch() -> None:
-            deadline = time.time() + limit_s
-            while time.time() < deadline:
-                status = (await client.get(f"{url}/v1/jobs/{job['id']}")).json()["status"]
-                if status in ("succeeded", "failed"):
-                    break
-                await asyncio.sleep(0.2)
-            done.set()
 
-        async def worker(n: int) -> None:
-            nonlocal ok, errors
-            while not done.is_set():
-                r = await client.post(f"{url}/v1/chat", json={"question": QUESTIONS[n % len(QUESTIONS)],
-                                                              "max_tokens": max_tokens})
-                if r.status_code == 200:
-                    ok += 1
-                    versions.add(r.json()["index_version"])
-                else:
-                    errors += 1
-                n += concurrency
+async def storm(url: str, steady: int, rude: int, seconds: float, max_tokens: int) -> dict:
+    """Steady clients' throughput while ``rude`` clients repeatedly hang up after their third token."""
+    deadline = time.perf_counter() + seconds
+    steady_tokens = hangups = errors = 0
 
+    async def good(client: httpx.AsyncClient, n: int) -> None:
+        nonlocal steady_tokens, errors
+        while time.perf_counter() < deadline:
+            try:
+                steady_tokens += (await stream_chat(client, url, QUESTIONS[n % len(QUESTIONS)], max_tokens))["tokens"]
+            except httpx.HTTPError:
+                errors += 1
+            n += steady
+
+    async def bad(n: int) -> None:
+        nonlocal hangups
+        while time.perf_counter() < deadline:
+            async with httpx.AsyncClient(timeout=600) as own:  # a fresh connection each time, closed on hang-up
+                await stream_chat(own, url, QUESTIONS[n % len(QUESTIONS)], max_tokens * 4, hang_up_after=3)
+            hangups += 1
+            n += rude
+
+    async with httpx.AsyncClient(timeout=600) as client:
+        await asyncio.gather(*(good(client, i) for i in range(steady)), *(bad(100 + i) for i in range(rude)))
+    return {"steady_clients": steady, "rude_clients": rude, "seconds": seconds, "hang_ups": hangups,
+            "errors": errors, "steady_tokens_per_s": round(steady_tokens / seconds, 1)}
+
+
+def make_adapter(data_dir: Path) -> str:
+    """A random-weight r=16 LoRA on the real generator, stored as the active adapter artifact (speed only)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from core import artifacts
+    from core.models import load_generator
+
+    settings = load_settings(data_dir=data_dir)
+    model, _ = load_generator(settings, fresh=True)
+    peft_model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                                                  task_type="CAUSAL_LM"))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.01)
+    workdir = artifacts.run_dir(settings, "adapter", "adapter-bench")
+    peft_model.save_pretrained(str(workdir / "adapter"))
+    artifact = artifacts.finalize(settings, "adapter", "adapter-bench", {"created_at": artifacts.utc_now(),
+                                                                         "stage": "sft"}, keep=["adapter"])
+    artifacts.activate(settings, "adapter", artifact.id)
+    return artifact.id
+
+
+def peer_llamacpp(prompt: str, max_tokens: int) -> dict:
+    """Raw llama.cpp (same wheel, same GGUF, same prompt tokens): greedy batch-1 decode, no server."""
+    from core.llamacpp_engine import engine_from_settings
+
+    settings = load_settings()
+    engine = engine_from_settings(settings.model_copy(update={"generation": settings.generation.model_copy(
+        update={"max_running_requests": 1})}))
+    try:
+        import numpy as np
+
+        ids = engine.tokenizer(prompt, add_special_tokens=False).input_ids
         began = time.perf_counter()
-        await asyncio.gather(watch(), *(worker(i) for i in range(concurrency)))
-        final = (await client.get(f"{url}/v1/jobs/{job['id']}")).json()
-        after = (await client.get(f"{url}/ready")).json()["index_version"]
-    return {"job_status": final["status"], "rebuild_chunks": (final.get("result") or {}).get("chunks"),
-            "rebuild_s": round(time.perf_counter() - began, 1), "chats_ok": ok, "chats_failed": errors,
-            "index_versions_seen": sorted(versions), "before": before, "after": after}
+        for start in range(0, len(ids), 31):
+            chunk = ids[start : start + 31]
+            engine._decode([(t, start + i, 0, start + i == len(ids) - 1) for i, t in enumerate(chunk)])
+        prefill = time.perf_counter() - began
+        row = (len(ids) - 1) % 31
+        token, pos = 0, len(ids)
+        began = time.perf_counter()
+        for _ in range(max_tokens):
+            logits = np.ctypeslib.as_array(engine.api.C.llama_get_logits_ith(engine.ctx, row), shape=(engine.n_vocab,))
+            token = int(np.argmax(logits))
+            engine._decode([(token, pos, 0, True)])
+            pos, row = pos + 1, 0
+        decode = time.perf_counter() - began
+    finally:
+        engine.close()
+    return {"prompt_tokens": len(ids), "prefill_s": round(prefill, 3), "decode_tokens_per_s": round(max_tokens / decode, 1)}
+
+
+def peer_llama_cpp_python(prompt: str, max_tokens: int) -> dict:
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return {"status": "not installed (pip install llama-cpp-python builds it from source, ~12 min)"}
+    from core.models import generator_gguf_path
+
+    llm = Llama(model_path=str(generator_gguf_path(load_settings())), n_ctx=4096, n_threads=os.cpu_count(), verbose=False)
+    began = time.perf_counter()
+    out = llm(prompt, max_tokens=max_tokens, temperature=0.0)
+    return {"tokens_per_s_incl_prefill": round(out["usage"]["completion_tokens"] / (time.perf_counter() - began), 1)}
+
+
+def sample_prompt(data_dir: Path) -> str:
+    """A combined-mode prompt with 4 passages from the sample KB, as the server builds it."""
+    from transformers import AutoTokenizer
+
+    from core.models import resolve_generator
+    from core.prompt import build_prompt, load_template
+    from retrieval.search import open_retriever
+
+    settings = load_settings(data_dir=data_dir)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_generator(settings).location)
+    retriever = open_retriever(settings)
+    passages = [r.to_passage() for r in retriever.search(QUESTIONS[0], k=4)]
+    return build_prompt(load_template(settings), tokenizer, QUESTIONS[0], passages)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--requests", type=int, default=24)
-    parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--copies", type=int, default=6, help="extra KB copies, so the rebuild takes a while")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--requests", type=int, default=16, help="requests at concurrency 8 (4x fewer at 1)")
+    parser.add_argument("--soak-seconds", type=float, default=120)
+    parser.add_argument("--storm-seconds", type=float, default=30)
     args = parser.parse_args()
-    result: dict = {"max_tokens": args.max_tokens, "requests_per_level": args.requests}
+    result: dict = {"max_tokens": args.max_tokens, "mode": "combined", "passages": 4}
     with tempfile.TemporaryDirectory() as tmp:
-        sources = [SAMPLE_DIR / "kb", sample_kb_copies(Path(tmp), args.copies)]
-        for label, batch_size in (("batching", 8), ("one_at_a_time", 1)):
-            server = Server(Path(tmp) / label, batch_size, sources)
+        for engine in ("llamacpp", "transformers"):
+            data = Path(tmp) / engine
+            adapter = make_adapter(data)
+            server = Server(data, 8, [SAMPLE_DIR / "kb"], {"TUNERAG_GENERATION__ENGINE": engine})
             try:
-                asyncio.run(chat_load(server.url, 2, 4, args.max_tokens, False))  # warm-up
-                result[label] = [asyncio.run(chat_load(server.url, c, max(args.requests, 2 * c), args.max_tokens, False))
-                                 for c in (1, 4, 16)]
-                if label == "batching":
-                    result["streaming"] = [asyncio.run(chat_load(server.url, c, max(20, c), args.max_tokens, True))
-                                           for c in (1, 4, 16)]
-                    result["during_full_rebuild"] = asyncio.run(during_rebuild(server.url, 4, args.max_tokens))
+                ready = httpx.get(f"{server.url}/ready").json()
+                assert ready["active_adapter"] == adapter, ready
+                asyncio.run(load(server.url, 2, 2, 8))  # warm-up
+                row: dict = {"c1": asyncio.run(load(server.url, 1, max(4, args.requests // 4), args.max_tokens)),
+                             "c8": asyncio.run(load(server.url, 8, args.requests, args.max_tokens))}
+                row["c8_vs_c1_throughput"] = round(row["c8"]["tokens_per_s"] / row["c1"]["tokens_per_s"], 2)
+                if engine == "llamacpp":
+                    row["soak_c16"] = asyncio.run(soak(server.url, 16, args.soak_seconds, args.max_tokens))
+                    alone = asyncio.run(storm(server.url, 8, 0, args.storm_seconds, args.max_tokens))
+                    stormy = asyncio.run(storm(server.url, 8, 8, args.storm_seconds, args.max_tokens))
+                    row["disconnect_storm"] = {"alone": alone, "with_hang_ups": stormy, "steady_throughput_ratio": round(
+                        stormy["steady_tokens_per_s"] / alone["steady_tokens_per_s"], 3)}
+                    metrics = httpx.get(f"{server.url}/metrics").text
+                    row["metrics_exposed"] = sorted({line.split("{")[0].split(" ")[0] for line in metrics.splitlines()
+                                                     if line.startswith("tunerag_generation") or
+                                                     line.startswith("tunerag_time")})
+                result[engine] = row
             finally:
                 server.stop()
-    for b, s in zip(result["batching"], result["one_at_a_time"], strict=True):
-        b["throughput_vs_one_at_a_time"] = round(b["requests_per_s"] / s["requests_per_s"], 2)
+        prompt = sample_prompt(Path(tmp) / "llamacpp")
+    result["peer_llamacpp_raw"] = peer_llamacpp(prompt, args.max_tokens)
+    result["peer_llama_cpp_python"] = peer_llama_cpp_python(prompt, args.max_tokens)
+    ours, before = result["llamacpp"], result["transformers"]
+    result["ratios"] = {
+        "single_stream_decode_vs_transformers": round(ours["c1"]["per_stream_decode_tokens_per_s"]
+                                                      / before["c1"]["per_stream_decode_tokens_per_s"], 2),
+        "single_stream_decode_vs_raw_llamacpp": round(ours["c1"]["per_stream_decode_tokens_per_s"]
+                                                      / result["peer_llamacpp_raw"]["decode_tokens_per_s"], 2),
+        "c8_throughput_vs_transformers": round(ours["c8"]["tokens_per_s"] / before["c8"]["tokens_per_s"], 2),
+    }
     emit("serving", result)
 
 
