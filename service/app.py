@@ -7,6 +7,7 @@ a JSON body here, once.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -95,12 +96,19 @@ def make_backend(settings: Settings) -> tuple[GenerationBackend, object]:
     if choice == "llamacpp":
         from service.backends import OCCUPANCY, ContinuousBackend
 
+        import torch
+
+        # llama.cpp's worker threads wait on each other at every layer: a torch op (query embedding) taking
+        # both cores at the same moment stalls the whole decode step, so torch gets one thread here.
+        torch.set_num_threads(1)
         llama = engine_from_settings(settings, on_step=OCCUPANCY.observe)
         return ContinuousBackend(llama, llama.tokenizer, settings.generation), llama.tokenizer
     from core.engine import GenerationEngine
 
     engine = GenerationEngine.from_settings(settings)
-    return LocalBackend(engine, settings.generation), engine.tokenizer
+    # The engine's worker thread changes its tokenizer's padding/truncation state per batch; a Rust tokenizer
+    # used meanwhile from the event loop fails with "Already borrowed", so the service renders with a copy.
+    return LocalBackend(engine, settings.generation), copy.deepcopy(engine.tokenizer)
 
 
 def create_app(settings: Settings | None = None, *, backend: GenerationBackend | None = None,

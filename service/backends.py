@@ -50,6 +50,7 @@ class BackendError(TuneragError):
 
 
 class GenerationBackend(Protocol):
+    name: str  # "llamacpp", "transformers" or "openai": reported by /ready
     async def generate(self, prompt: str, adapter: str | None, max_new_tokens: int | None,
                        temperature: float | None) -> Generation: ...
 
@@ -78,6 +79,8 @@ class LocalBackend:
         config: ``batch_size`` caps a batch; ``batch_wait_ms`` is how long the first request waits for company.
         batching: False sends each request alone (the benchmark's baseline).
     """
+
+    name = "transformers"
 
     def __init__(self, engine: GenerationEngine, config: GenerationSettings, *, batching: bool = True) -> None:
         self.engine, self.config, self.batching = engine, config, batching
@@ -182,6 +185,8 @@ class ContinuousBackend:
     the engine and its slot is freed at the next decode step.
     """
 
+    name = "llamacpp"
+
     def __init__(self, engine: LlamaCppEngine, tokenizer: Any, config: GenerationSettings) -> None:
         self.engine, self.tokenizer, self.config = engine, tokenizer, config
         RUNNING.set_function(lambda: engine.stats()["running"])
@@ -252,6 +257,8 @@ class ContinuousBackend:
 
 class OpenAIBackend:
     """An OpenAI-compatible ``/v1/completions`` server; ``adapter`` (or ``base_model``) is the model name."""
+
+    name = "openai"
 
     def __init__(self, base_url: str, api_key: str | None, base_model: str, config: GenerationSettings) -> None:
         import httpx

@@ -13,7 +13,13 @@ from pathlib import Path
 import pytest
 
 from core.generation import Generation, generate
-from core.llamacpp_engine import EngineRequest, GenerationCancelled, LlamaCppEngine, engine_from_settings, llamacpp_available
+from core.llamacpp_engine import (
+    EngineRequest,
+    GenerationCancelled,
+    LlamaCppEngine,
+    engine_from_settings,
+    llamacpp_available,
+)
 from core.prompt import ContextPassage, build_prompt, load_template
 from core.settings import Settings, load_settings
 
@@ -194,3 +200,29 @@ def test_an_unservable_lora_rank_is_refused_with_the_fix(engine: LlamaCppEngine,
     with pytest.raises(InvalidInputError, match="multiples of 8.*r=4"):
         engine.load_adapter("r4", tmp_path / "r4")
     assert "r4" not in engine.adapters
+
+
+def test_api_serves_chat_and_streams_on_llamacpp_and_frees_abandoned_streams(real_settings: Settings) -> None:
+    from litestar.testing import TestClient
+
+    from service.app import create_app
+
+    settings = real_settings.model_copy(update={"generation": real_settings.generation.model_copy(
+        update={"max_new_tokens": 24, "max_running_requests": 2, "kv_cache_tokens": 8192})})
+    with TestClient(app=create_app(settings)) as client:
+        ready = client.get("/ready").json()
+        assert ready["engine"] == "llamacpp" and ready["status"] == "ready"
+        answer = client.post("/v1/chat", json={"question": "How do I void a label?", "max_tokens": 16}).json()
+        assert answer["usage"]["completion_tokens"] > 0 and answer["sources"]
+        with client.stream("POST", "/v1/chat", json={"question": "How do pickups work?", "stream": True,
+                                                     "max_tokens": 400}) as response:
+            for line in response.iter_lines():
+                if line.startswith("event: token"):
+                    break  # the client hangs up after the first token
+        engine = client.app.state.service_state.backend.engine
+        deadline = time.time() + 20
+        while engine.stats()["running"] and time.time() < deadline:
+            time.sleep(0.05)
+        assert engine.stats()["running"] == 0, "the abandoned stream's slot was freed"
+        metrics = client.get("/metrics").text
+        assert "tunerag_time_to_first_token_seconds_count" in metrics and "tunerag_generation_running" in metrics

@@ -23,6 +23,7 @@ async def ready(service_state: NamedDependency[ServiceState | None]) -> Response
     return Response({
         "status": "ready",
         "generator": service_state.settings.models.generator,
+        "engine": getattr(service_state.backend, "name", type(service_state.backend).__name__),
         "index_version": service_state.index_version,
         "embedder": service_state.embedder_id,
         "active_adapter": service_state.active_adapter,
