@@ -128,6 +128,10 @@ class _Api:
         self.lora_clear = bind("llama_lora_adapter_clear", [void], None)
         self.lora_free = bind("llama_lora_adapter_free", [void], None)
         self.is_eog = bind("llama_token_is_eog", [void, i32], ctypes.c_bool)
+        size_t, u32 = ctypes.c_size_t, ctypes.c_uint32
+        self.state_size = bind("llama_state_seq_get_size", [void, i32, u32], size_t)
+        self.state_get = bind("llama_state_seq_get_data", [void, ctypes.c_void_p, size_t, i32, u32], size_t)
+        self.state_set = bind("llama_state_seq_set_data", [void, ctypes.c_void_p, size_t, i32, u32], size_t)
 
 
 @dataclass
@@ -205,21 +209,16 @@ class LlamaCppEngine:
             raise ModelNotFoundError(f"llama.cpp could not load {gguf_path}")
         self.n_vocab = C.llama_vocab_n_tokens(C.llama_model_get_vocab(self.model))
         self.max_batch, self.n_prefix_slots = max_batch, 4
-        cparams = C.llama_context_default_params()
-        cparams.n_ctx = kv_tokens
         if not 0 < max_batch <= MAX_DECODE_TOKENS:
             raise ValueError(f"max_batch must be in 1..{MAX_DECODE_TOKENS}, got {max_batch}")
-        cparams.n_batch = cparams.n_ubatch = 512
-        cparams.n_seq_max = max_batch + self.n_prefix_slots
         threads = n_threads or os.cpu_count() or 1
-        cparams.n_threads = cparams.n_threads_batch = threads
-        cparams.flash_attn = False  # ik_llama.cpp refuses LoRA adapters on a flash-attention context
-        # Adapters switch between steps; a reused compute graph is not documented to follow them, and turning
-        # reuse off cost nothing measurable (108 vs 110 tokens/s single-stream).
-        cparams.graph_reuse = False
-        self.ctx = C.llama_init_from_model(self.model, cparams)
-        if not self.ctx:
-            raise TuneragError("llama.cpp could not create a context (out of memory for the KV cache?)")
+        # Decode context: every running sequence. Prefill context: one prompt at a time next to the cached
+        # prefixes. Without flash attention (which this build refuses with LoRA, and which asserts on
+        # multi-sequence batches) attention spans every used cell of a context, so prefilling in a small
+        # context and moving the finished sequence's KV over costs a fraction of prefilling among all others.
+        self.ctx = self._context(kv_tokens, max_batch, threads)
+        self.prefill_tokens = min(kv_tokens // 2, 8192)
+        self.pctx = self._context(self.prefill_tokens, 1 + self.n_prefix_slots, threads)
         self.kv_tokens = kv_tokens
         self.batch = C.llama_batch_init(MAX_DECODE_TOKENS, 0, 1)
         self.batch_capacity = MAX_DECODE_TOKENS
@@ -228,7 +227,8 @@ class LlamaCppEngine:
         self.gguf_path, self.n_head, self.n_head_kv = gguf_path, n_head, n_head_kv
         self.on_step = on_step
         self._adapters: dict[str, tuple[str, int]] = {}  # name -> (peft folder, llama adapter pointer)
-        self._applied: str | None = None
+        self._applied: dict[int, str | None] = {self.ctx: None, self.pctx: None}
+        self._prefill: _Seq | None = None  # the prompt being prefilled in the prefill context
         self._inbox: queue.Queue[EngineRequest | Callable[[], None] | None] = queue.Queue()
         self._waiting: list[EngineRequest] = []
         self._running: dict[int, _Seq] = {}
@@ -249,7 +249,8 @@ class LlamaCppEngine:
         return {name: folder for name, (folder, _) in self._adapters.items()}
 
     def stats(self) -> dict[str, int]:
-        return {"running": len(self._running), "waiting": len(self._waiting) + self._inbox.qsize(),
+        prefilling = 1 if self._prefill is not None else 0
+        return {"running": len(self._running) + prefilling, "waiting": len(self._waiting) + self._inbox.qsize(),
                 "slots": self.max_batch, "kv_reserved": sum(s.reserved for s in self._running.values())}
 
     def submit(self, request: EngineRequest) -> EngineRequest:
@@ -257,9 +258,10 @@ class LlamaCppEngine:
             raise TuneragError("the generation engine is shut down")
         if request.adapter is not None and request.adapter not in self._adapters:
             raise NotFoundError(f"adapter {request.adapter!r} is not loaded; loaded: {sorted(self._adapters) or 'none'}")
-        if len(request.prompt_ids) + request.max_new_tokens > self.kv_tokens // 2:
+        budget = min(self.kv_tokens // 2, self.prefill_tokens - 1024)
+        if len(request.prompt_ids) + request.max_new_tokens > budget:
             raise TuneragError(f"prompt of {len(request.prompt_ids)} tokens + {request.max_new_tokens} new tokens "
-                               f"exceeds the engine's per-request budget ({self.kv_tokens // 2} tokens)")
+                               f"exceeds the engine's per-request budget ({budget} tokens; generation.kv_cache_tokens)")
         self._inbox.put(request)
         return request
 
@@ -294,11 +296,26 @@ class LlamaCppEngine:
         self._inbox.put(None)
         self._thread.join(timeout=30)
 
+    def _context(self, n_ctx: int, n_seq: int, threads: int) -> int:
+        C = self.api.C
+        cparams = C.llama_context_default_params()
+        cparams.n_ctx, cparams.n_seq_max = n_ctx, n_seq
+        cparams.n_batch = cparams.n_ubatch = 512
+        cparams.n_threads = cparams.n_threads_batch = threads
+        cparams.flash_attn = False  # ik_llama.cpp refuses LoRA adapters on a flash-attention context
+        # Adapters switch between steps; a reused compute graph is not documented to follow them, and turning
+        # reuse off cost nothing measurable (108 vs 110 tokens/s single-stream).
+        cparams.graph_reuse = False
+        ctx = C.llama_init_from_model(self.model, cparams)
+        if not ctx:
+            raise TuneragError("llama.cpp could not create a context (out of memory for the KV cache?)")
+        return ctx
+
     # --- the loop (engine thread only) ----------------------------------------------------------------
 
     def _loop(self) -> None:
         while True:
-            block = not self._running and not self._waiting
+            block = not self._running and not self._waiting and self._prefill is None
             try:
                 item = self._inbox.get(block=block)
             except queue.Empty:
@@ -322,6 +339,8 @@ class LlamaCppEngine:
                 self._fail_all(exc)
 
     def _fail_all(self, exc: BaseException) -> None:
+        if self._prefill is not None:
+            self._finish(self._prefill, exc)
         for seq in list(self._running.values()):
             self._finish(seq, exc)
         for request in self._waiting:
@@ -329,26 +348,26 @@ class LlamaCppEngine:
         self._waiting.clear()
 
     def _free_slots(self) -> list[int]:
-        return [s for s in range(self.max_batch) if s not in self._running]
+        busy = set(self._running) | ({self._prefill.slot} if self._prefill is not None else set())
+        return [s for s in range(self.max_batch) if s not in busy]
 
     def _admit(self) -> None:
+        """Start prefilling the oldest waiting request when no prompt is being prefilled and a slot and KV
+        room (prompt + answer, reserved up front) are free."""
         self._waiting = [r for r in self._waiting if not self._drop_if_cancelled(r)]
-        reserved = sum(s.reserved for s in self._running.values())
-        prefix_cells = sum(len(p.tokens) for p in self._prefixes.values())
-        while self._waiting and self._free_slots():
-            request = self._waiting[0]
-            need = len(request.prompt_ids) + request.max_new_tokens
-            if reserved + prefix_cells + need > self.kv_tokens and self._running:
-                break  # wait for room
-            self._waiting.pop(0)
-            slot = self._free_slots()[0]
-            seen = np.zeros(self.n_vocab, dtype=bool)
-            seen[np.asarray(request.prompt_ids, dtype=np.int64)] = True
-            seq = _Seq(request, slot, list(request.prompt_ids), 0, seen, np.random.default_rng(request.seed),
-                       reserved=need)
-            self._reuse_prefix(seq)
-            self._running[slot] = seq
-            reserved += need
+        if self._prefill is not None or not self._waiting or not self._free_slots():
+            return
+        request = self._waiting[0]
+        need = len(request.prompt_ids) + request.max_new_tokens
+        if sum(s.reserved for s in self._running.values()) + need > self.kv_tokens and self._running:
+            return  # wait for room
+        self._waiting.pop(0)
+        seen = np.zeros(self.n_vocab, dtype=bool)
+        seen[np.asarray(request.prompt_ids, dtype=np.int64)] = True
+        seq = _Seq(request, self._free_slots()[0], list(request.prompt_ids), 0, seen,
+                   np.random.default_rng(request.seed), reserved=need)
+        self._prefill = seq  # before anything can fail: a failure then finishes it instead of losing it
+        self._reuse_prefix(seq)
 
     def _drop_if_cancelled(self, request: EngineRequest) -> bool:
         if request.cancelled.is_set():
@@ -356,15 +375,15 @@ class LlamaCppEngine:
             return True
         return False
 
-    def _set_adapter(self, adapter: str | None) -> None:
-        if adapter == self._applied:
+    def _set_adapter(self, ctx: int, adapter: str | None) -> None:
+        if adapter == self._applied[ctx]:
             return
-        self.api.lora_clear(self.ctx)
-        if adapter is not None and self.api.lora_set(self.ctx, self._adapters[adapter][1], 1.0) != 0:
+        self.api.lora_clear(ctx)
+        if adapter is not None and self.api.lora_set(ctx, self._adapters[adapter][1], 1.0) != 0:
             raise TuneragError(f"llama.cpp refused to apply adapter {adapter!r}")
-        self._applied = adapter
+        self._applied[ctx] = adapter
 
-    def _decode(self, items: list[tuple[int, int, int, bool]]) -> None:
+    def _decode(self, items: list[tuple[int, int, int, bool]], ctx: int | None = None) -> None:
         C, batch = self.api.C, self.batch
         batch.n_tokens = len(items)
         for i, (token, pos, seq_id, want) in enumerate(items):
@@ -373,7 +392,7 @@ class LlamaCppEngine:
         self._decoding += 1
         self.max_concurrent_decodes = max(self.max_concurrent_decodes, self._decoding)
         try:
-            rc = C.llama_decode(self.ctx, batch)
+            rc = C.llama_decode(self.ctx if ctx is None else ctx, batch)
         finally:
             self._decoding -= 1
         self.decode_calls += 1
@@ -388,9 +407,9 @@ class LlamaCppEngine:
         if prefix is None:
             if len(self._prefixes) >= self.n_prefix_slots:
                 victim = next(iter(self._prefixes))
-                self.api.seq_rm(self.ctx, self._prefixes.pop(victim).seq, -1, -1)
+                self.api.seq_rm(self.pctx, self._prefixes.pop(victim).seq, -1, -1)
             used = {p.seq for p in self._prefixes.values()}
-            free = next(s for s in range(self.max_batch, self.max_batch + self.n_prefix_slots) if s not in used)
+            free = next(s for s in range(1, 1 + self.n_prefix_slots) if s not in used)
             prefix = self._prefixes[adapter] = _Prefix(free)
         n = min(_common_prefix(prefix.tokens, prompt), len(prompt) - 1)
         if n < MIN_PREFIX_TOKENS:
@@ -400,60 +419,64 @@ class LlamaCppEngine:
                 n = shared
         prefix.last_prompt = list(prompt)
         if n >= MIN_PREFIX_TOKENS:
-            self.api.seq_cp(self.ctx, prefix.seq, seq.slot, 0, n)
+            self.api.seq_cp(self.pctx, prefix.seq, 0, 0, n)
             seq.pending, seq.pos = list(prompt[n:]), n
 
     def _build_prefix(self, prefix: _Prefix, adapter: str | None, tokens: list[int]) -> None:
-        self.api.seq_rm(self.ctx, prefix.seq, -1, -1)
-        self._set_adapter(adapter)
+        self.api.seq_rm(self.pctx, prefix.seq, -1, -1)
+        self._set_adapter(self.pctx, adapter)
         for start in range(0, len(tokens), self.batch_capacity):
             chunk = tokens[start : start + self.batch_capacity]
-            self._decode([(t, start + i, prefix.seq, False) for i, t in enumerate(chunk)])
+            self._decode([(t, start + i, prefix.seq, False) for i, t in enumerate(chunk)], self.pctx)
         prefix.tokens = list(tokens)
 
     def _step(self) -> None:
         for seq in [s for s in self._running.values() if s.request.cancelled.is_set()]:
             self._finish(seq, _cancelled())
+        if self._prefill is not None and self._prefill.request.cancelled.is_set():
+            self._finish(self._prefill, _cancelled())
         self._admit()
-        if not self._running:
-            return
         groups: dict[str | None, list[_Seq]] = {}
         for seq in self._running.values():
             groups.setdefault(seq.request.adapter, []).append(seq)
-        for adapter, seqs in groups.items():
-            items: list[tuple[int, int, int, bool]] = []
-            wanting: list[_Seq] = []
-            for seq in seqs:  # every decoding sequence advances one token
-                if not seq.pending:
-                    items.append((seq.generated[-1], seq.pos, seq.slot, True))
-                    seq.pos += 1
-                    seq.logits_row = len(items) - 1
-                    wanting.append(seq)
-            for seq in seqs:  # prompts fill the rest of the call, oldest first
-                room = self.batch_capacity - len(items)
-                if not seq.pending or room <= 0:
-                    continue
-                chunk = seq.pending[:room]
-                last = len(chunk) == len(seq.pending)
-                for i, token in enumerate(chunk):
-                    items.append((token, seq.pos + i, seq.slot, last and i == len(chunk) - 1))
-                seq.pending = seq.pending[len(chunk):]
-                seq.pos += len(chunk)
-                if last:
-                    seq.logits_row = len(items) - 1
-                    wanting.append(seq)
-            if not items:
-                continue
-            self._set_adapter(adapter)
+        for adapter, seqs in groups.items():  # every decoding sequence advances one token
+            items = []
+            for row, seq in enumerate(seqs):
+                items.append((seq.generated[-1], seq.pos, seq.slot, True))
+                seq.pos += 1
+                seq.logits_row = row
+            self._set_adapter(self.ctx, adapter)
             self._decode(items)
             if self.on_step is not None:
                 self.on_step(len(seqs))
-            for seq in wanting:
-                self._advance(seq)
+            for seq in seqs:
+                self._advance(seq, self.ctx)
+        if self._prefill is not None:  # and the prompt being prefilled advances one chunk
+            self._prefill_chunk(self._prefill)
 
-    def _advance(self, seq: _Seq) -> None:
+    def _prefill_chunk(self, seq: _Seq) -> None:
+        chunk = seq.pending[: self.batch_capacity]
+        last = len(chunk) == len(seq.pending)
+        self._set_adapter(self.pctx, seq.request.adapter)
+        self._decode([(t, seq.pos + i, 0, last and i == len(chunk) - 1) for i, t in enumerate(chunk)], self.pctx)
+        seq.pending, seq.pos = seq.pending[len(chunk):], seq.pos + len(chunk)
+        if not last:
+            return
+        # Move the prompt's KV from the prefill context into the sequence's slot of the decode context.
+        size = self.api.state_size(self.pctx, 0, 0)
+        buffer = (ctypes.c_uint8 * size)()
+        copied = self.api.state_get(self.pctx, buffer, size, 0, 0)
+        self.api.seq_rm(self.pctx, 0, -1, -1)
+        self._prefill = None
+        if not copied or not self.api.state_set(self.ctx, buffer, copied, seq.slot, 0):
+            raise TuneragError("llama.cpp could not move a prefilled sequence into the decode context")
+        self._running[seq.slot] = seq
+        seq.logits_row = len(chunk) - 1
+        self._advance(seq, self.pctx)
+
+    def _advance(self, seq: _Seq, ctx: int) -> None:
         request = seq.request
-        pointer = self.api.C.llama_get_logits_ith(self.ctx, seq.logits_row)
+        pointer = self.api.C.llama_get_logits_ith(ctx, seq.logits_row)
         logits = np.ctypeslib.as_array(pointer, shape=(self.n_vocab,))
         token = _sample(logits, seq.seen, request.repetition_penalty, request.temperature, request.top_p, seq.rng)
         seq.generated.append(token)
@@ -470,6 +493,9 @@ class LlamaCppEngine:
                                          time.perf_counter() - request.submitted, "stop" if stop else "length"))
 
     def _finish(self, seq: _Seq, result: Generation | BaseException) -> None:
+        if self._prefill is seq:
+            self._prefill = None
+            self.api.seq_rm(self.pctx, 0, -1, -1)
         self._running.pop(seq.slot, None)
         self.api.seq_rm(self.ctx, seq.slot, -1, -1)
         seq.request.on_done(result)
