@@ -125,7 +125,9 @@ async def soak(url: str, concurrency: int, seconds: float, max_tokens: int) -> d
         nonlocal ok, errors, tokens
         while time.perf_counter() < deadline:
             try:
-                tokens += (await stream_chat(client, url, QUESTIONS[n % len(QUESTIONS)], max_tokens))["tokens"]
+                # Await first: `tokens += await ...` would read `tokens` before the await and lose updates.
+                got = (await stream_chat(client, url, QUESTIONS[n % len(QUESTIONS)], max_tokens))["tokens"]
+                tokens += got
                 ok += 1
             except httpx.HTTPError:
                 errors += 1
@@ -146,7 +148,8 @@ async def storm(url: str, steady: int, rude: int, seconds: float, max_tokens: in
         nonlocal steady_tokens, errors
         while time.perf_counter() < deadline:
             try:
-                steady_tokens += (await stream_chat(client, url, QUESTIONS[n % len(QUESTIONS)], max_tokens))["tokens"]
+                got = (await stream_chat(client, url, QUESTIONS[n % len(QUESTIONS)], max_tokens))["tokens"]
+                steady_tokens += got
             except httpx.HTTPError:
                 errors += 1
             n += steady
