@@ -41,7 +41,7 @@ def main() -> None:
             done, box = threading.Event(), []
             engine.submit(EngineRequest(tokenizer(prompt, add_special_tokens=False).input_ids, None, args.max_tokens,
                                         0.0, 1.0, settings.generation.repetition_penalty, on_text=lambda t: None,
-                                        on_done=lambda r: (box.append(r), done.set())))
+                                        on_done=lambda r, box=box, done=done: (box.append(r), done.set())))
             done.wait()
             ours = box[0].text
             theirs = generate(model, tokenizer, [prompt], settings.generation, max_new_tokens=args.max_tokens)[0].text
