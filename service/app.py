@@ -94,9 +94,9 @@ def make_backend(settings: Settings) -> tuple[GenerationBackend, object]:
     choice, reason = select_engine(settings)
     logger.warning("generation engine: %s (%s)", choice, reason)
     if choice == "llamacpp":
-        from service.backends import OCCUPANCY, ContinuousBackend
-
         import torch
+
+        from service.backends import OCCUPANCY, ContinuousBackend
 
         # llama.cpp's worker threads wait on each other at every layer: a torch op (query embedding) taking
         # both cores at the same moment stalls the whole decode step, so torch gets one thread here.
