@@ -128,6 +128,7 @@ class _Api:
         self.lora_clear = bind("llama_lora_adapter_clear", [void], None)
         self.lora_free = bind("llama_lora_adapter_free", [void], None)
         self.is_eog = bind("llama_token_is_eog", [void, i32], ctypes.c_bool)
+        self.log_set = bind("llama_log_set", [void, void], None)
         size_t, u32 = ctypes.c_size_t, ctypes.c_uint32
         self.state_size = bind("llama_state_seq_get_size", [void, i32, u32], size_t)
         self.state_get = bind("llama_state_seq_get_data", [void, ctypes.c_void_p, size_t, i32, u32], size_t)
@@ -176,6 +177,18 @@ class _Prefix:
     last_prompt: list[int] = field(default_factory=list)
 
 
+_LOG_FN = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+
+
+@_LOG_FN
+def _LOG_CALLBACK(level: int, text: bytes | None, _: Any) -> None:  # noqa: N802 - a C callback, kept alive here
+    """llama.cpp prints hundreds of load-time lines; keep its warnings and errors, in our log."""
+    # GGML_LOG_LEVEL_WARN, GGML_LOG_LEVEL_ERROR; the CPU build warns of "0 MiB free on device 0" (no GPU): noise.
+    if level in (3, 4) and text and b"Free memory" not in text:
+        logger.log(logging.WARNING if level == 3 else logging.ERROR, "llama.cpp: %s",
+                   text.decode("utf-8", "replace").rstrip())
+
+
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = min(len(a), len(b))
     arr_a, arr_b = np.asarray(a[:n]), np.asarray(b[:n])
@@ -202,6 +215,7 @@ class LlamaCppEngine:
             raise ModelNotFoundError(f"GGUF model not found: {gguf_path}")
         self.api = _Api()
         C = self.api.C
+        self.api.log_set(ctypes.cast(_LOG_CALLBACK, ctypes.c_void_p), None)
         C.llama_backend_init()
         params = C.llama_model_default_params()
         self.model = C.llama_model_load_from_file(str(gguf_path).encode(), params)
