@@ -33,7 +33,7 @@ prepare: setup
 run: prepare
 	$(BIN)/tunerag serve
 
-## demo: train a small embedder and adapter on the sample domain (~10 min on 2 cores), index with it, serve both
+## demo: train a small embedder and adapter on the sample domain (~14 min on 2 cores), index with it, serve both
 demo: prepare
 	$(BIN)/tunerag --config configs/cpu-quick.yaml train embedder
 	$(BIN)/tunerag index --rebuild --embedder artifact:latest

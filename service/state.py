@@ -24,7 +24,7 @@ from service.backends import GenerationBackend
 logger = logging.getLogger(__name__)
 
 NO_ADAPTER_NOTE = ("no fine-tuned adapter is active: ft and combined modes use the base generator; train one with "
-                   "`tunerag train generator` (or `make demo`: adapter + embedder on the sample domain in ~10 min)")
+                   "`tunerag train generator` (or `make demo`: adapter + embedder on the sample domain in ~14 min)")
 NO_EMBEDDER_NOTE = ("the index uses the base embedder: combined retrieval is not fine-tuned; train one with "
                     "`tunerag train embedder`, then `tunerag index --rebuild --embedder artifact:latest`")
 
