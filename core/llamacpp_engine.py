@@ -4,24 +4,25 @@ The engine runs the packaged GGUF with the ik_llama.cpp wheel (prebuilt, CPU-opt
 compile in ``make setup``). One thread owns the llama.cpp context, so two generations can never run on the
 same model state at once; callers only submit requests and receive events.
 
-Each step of the loop:
-  * admits waiting requests while sequence slots and KV-cache room are free (room for prompt + answer is
-    reserved up front, so a decode never runs out of cache);
-  * for each adapter that has live sequences (adapters are applied per context, so rows of different
-    adapters cannot share one ``llama_decode``): sets the adapter and decodes one batch holding every live
-    sequence's next token plus chunks of newly admitted prompts;
+Two llama.cpp contexts share the model weights: a decode context holding every running sequence, and a
+small prefill context where one prompt at a time is decoded next to the cached shared prefixes. Each step:
+  * frees the slots of cancelled requests, and starts prefilling the oldest waiting request when a slot and
+    KV-cache room are free (room for prompt + answer is reserved up front, so a decode never runs out);
+  * for each adapter that has running sequences (adapters are applied per context, so rows of different
+    adapters cannot share one ``llama_decode``): sets the adapter and decodes every such sequence's next token;
+  * decodes the next chunk of the prompt being prefilled; when it is complete, its KV moves into the decode
+    context (``llama_state_seq_get/set_data``) and it runs from the next step on;
   * samples (greedy, or temperature/top-p, with the same repetition penalty as transformers), sends the new
-    text to the request, and frees the slot of every request that finished or was cancelled.
+    text to the request, and finishes requests at EOS or ``max_new_tokens``.
 
 Prompts are token ids produced by the caller from :mod:`core.prompt` with the HF tokenizer (the one prompt
 path). The longest prefix that consecutive prompts share (the system prompt) is kept decoded in a reserved
-sequence per adapter and copied into new sequences (``llama_kv_cache_seq_cp``) instead of re-prefilled.
+sequence of the prefill context per adapter and copied (``llama_kv_cache_seq_cp``) instead of re-prefilled.
 """
 
 from __future__ import annotations
 
 import ctypes
-import glob
 import logging
 import os
 import queue
@@ -47,7 +48,7 @@ logger = logging.getLogger(__name__)
 MIN_PREFIX_TOKENS = 32  # shorter shared prefixes are cheaper to re-prefill than to manage
 # Tokens in one llama_decode call. The wheel's CPU build switches to a GEMM path at 32 rows whose logits
 # disagree with the reference (correlation 0.6 against transformers on the same weights, measured; at 31
-# rows and below 0.999), so every call stays under it: decode tokens first, then prompt chunks.
+# rows and below 0.999), so every call stays under it: running sequences per step, prompt chunks.
 MAX_DECODE_TOKENS = 31
 
 
@@ -58,11 +59,6 @@ def llamacpp_available() -> bool:
     except (ImportError, OSError, FileNotFoundError):
         return False
     return True
-
-
-def find_gguf(folder: str | Path) -> Path | None:
-    files = sorted(glob.glob(os.path.join(str(folder), "**", "*.gguf"), recursive=True))
-    return Path(files[0]) if files else None
 
 
 def select_engine(settings: Settings) -> tuple[str, str]:
@@ -126,7 +122,6 @@ class _Api:
         self.lora_init = bind("llama_lora_adapter_init", [void, ctypes.c_char_p], void)
         self.lora_set = bind("llama_lora_adapter_set", [void, void, ctypes.c_float], i32)
         self.lora_clear = bind("llama_lora_adapter_clear", [void], None)
-        self.lora_free = bind("llama_lora_adapter_free", [void], None)
         self.is_eog = bind("llama_token_is_eog", [void, i32], ctypes.c_bool)
         self.log_set = bind("llama_log_set", [void, void], None)
         size_t, u32 = ctypes.c_size_t, ctypes.c_uint32
@@ -235,10 +230,9 @@ class LlamaCppEngine:
         self.pctx = self._context(self.prefill_tokens, 1 + self.n_prefix_slots, threads)
         self.kv_tokens = kv_tokens
         self.batch = C.llama_batch_init(MAX_DECODE_TOKENS, 0, 1)
-        self.batch_capacity = MAX_DECODE_TOKENS
         self.tokenizer = tokenizer
         self.eos_ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-        self.gguf_path, self.n_head, self.n_head_kv = gguf_path, n_head, n_head_kv
+        self.n_head, self.n_head_kv = n_head, n_head_kv
         self.on_step = on_step
         self._adapters: dict[str, tuple[str, int]] = {}  # name -> (peft folder, llama adapter pointer)
         self._applied: dict[int, str | None] = {self.ctx: None, self.pctx: None}
@@ -439,8 +433,8 @@ class LlamaCppEngine:
     def _build_prefix(self, prefix: _Prefix, adapter: str | None, tokens: list[int]) -> None:
         self.api.seq_rm(self.pctx, prefix.seq, -1, -1)
         self._set_adapter(self.pctx, adapter)
-        for start in range(0, len(tokens), self.batch_capacity):
-            chunk = tokens[start : start + self.batch_capacity]
+        for start in range(0, len(tokens), MAX_DECODE_TOKENS):
+            chunk = tokens[start : start + MAX_DECODE_TOKENS]
             self._decode([(t, start + i, prefix.seq, False) for i, t in enumerate(chunk)], self.pctx)
         prefix.tokens = list(tokens)
 
@@ -469,7 +463,7 @@ class LlamaCppEngine:
             self._prefill_chunk(self._prefill)
 
     def _prefill_chunk(self, seq: _Seq) -> None:
-        chunk = seq.pending[: self.batch_capacity]
+        chunk = seq.pending[: MAX_DECODE_TOKENS]
         last = len(chunk) == len(seq.pending)
         self._set_adapter(self.pctx, seq.request.adapter)
         self._decode([(t, seq.pos + i, 0, last and i == len(chunk) - 1) for i, t in enumerate(chunk)], self.pctx)

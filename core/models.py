@@ -153,6 +153,23 @@ def _convert_gguf(source_folder: Path, gguf_file: str, target: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _generator_folder(settings: Settings) -> tuple[Path, Literal["package", "path"]] | None:
+    """The local folder ``models.generator`` names, with its kind; None for a hub id.
+
+    Raises:
+        ModelNotFoundError: the package is not installed or the folder does not exist.
+    """
+    spec, env_var = settings.models.generator, "TUNERAG_MODELS__GENERATOR"
+    if spec.startswith(PACKAGE_PREFIX):
+        return _package_folder(spec, "generator", env_var), "package"
+    path = Path(spec).expanduser()
+    if not (path.exists() or _looks_like_path(spec)):
+        return None
+    if not path.is_dir():
+        raise ModelNotFoundError(f"generator folder not found: {path} (set {env_var} to an existing folder)")
+    return path, "path"
+
+
 def resolve_generator(settings: Settings, *, convert: bool = True) -> ResolvedModel:
     """Resolve ``settings.models.generator`` to a loadable folder, converting a GGUF checkpoint once.
 
@@ -164,26 +181,20 @@ def resolve_generator(settings: Settings, *, convert: bool = True) -> ResolvedMo
         ModelNotFoundError: the package is not installed or the folder does not exist.
     """
     spec = settings.models.generator
-    env_var = "TUNERAG_MODELS__GENERATOR"
-    if spec.startswith(PACKAGE_PREFIX):
-        folder, source = _package_folder(spec, "generator", env_var), "package"
-    else:
-        path = Path(spec).expanduser()
-        if not (path.exists() or _looks_like_path(spec)):
-            return ResolvedModel(spec, "hub", spec)
-        if not path.is_dir():
-            raise ModelNotFoundError(f"generator folder not found: {path} (set {env_var} to an existing folder)")
-        folder, source = path, "path"
+    local = _generator_folder(settings)
+    if local is None:
+        return ResolvedModel(spec, "hub", spec)
+    folder, source = local
     gguf_file = _find_gguf(folder, settings.models.generator_gguf_file)
     if gguf_file is None:
         if not (folder / "config.json").is_file():
             raise ModelNotFoundError(f"generator folder {folder} holds neither a .gguf file nor config.json")
-        return ResolvedModel(spec, source, str(folder))  # type: ignore[arg-type]
+        return ResolvedModel(spec, source, str(folder))
     cache = generator_cache_dir(settings, folder, gguf_file)
     if (cache / _CACHE_MARKER).is_file():
         return ResolvedModel(spec, "cache", str(cache), gguf_file)
     if not convert:
-        return ResolvedModel(spec, source, str(folder), gguf_file)  # type: ignore[arg-type]
+        return ResolvedModel(spec, source, str(folder), gguf_file)
     with _conversion_lock:
         if not (cache / _CACHE_MARKER).is_file():
             _convert_gguf(folder, gguf_file, cache)
@@ -191,14 +202,16 @@ def resolve_generator(settings: Settings, *, convert: bool = True) -> ResolvedMo
 
 
 def generator_gguf_path(settings: Settings) -> Path | None:
-    """The generator's original GGUF file (package or folder spec), or None when it has none."""
-    spec = settings.models.generator
-    if spec.startswith(PACKAGE_PREFIX):
-        folder = _package_folder(spec, "generator", "TUNERAG_MODELS__GENERATOR")
-    else:
-        folder = Path(spec).expanduser()
-        if not folder.is_dir():
-            return None
+    """The generator's original GGUF file (package or folder spec), or None when it has none (a hub id, or a
+    folder of transformers weights).
+
+    Raises:
+        ModelNotFoundError: see :func:`resolve_generator`.
+    """
+    local = _generator_folder(settings)
+    if local is None:
+        return None
+    folder = local[0]
     gguf_file = _find_gguf(folder, settings.models.generator_gguf_file)
     return folder / gguf_file if gguf_file else None
 

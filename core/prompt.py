@@ -186,24 +186,6 @@ def build_prompt(
                              f"(generation.max_context_tokens) is {max_tokens}: ask a shorter question")
         prompt = render()
     return prompt
-    while (length := len(tokenizer(prompt, add_special_tokens=False).input_ids)) > max_tokens:
-        if passages and len(passages) > 1:
-            passages.pop()
-        elif history:
-            history = history[2:] if len(history) > 1 else []
-        elif passages:
-            passages = passages[:1]
-            if template.max_passage_chars and len(passages[0].text) > 200:
-                first = passages[0]
-                passages = [ContextPassage(first.doc_id, first.title, first.text[: len(first.text) // 2])]
-            else:
-                raise ValueError(f"the prompt needs {length} tokens even without context or history; the limit "
-                                 f"(generation.max_context_tokens) is {max_tokens}: ask a shorter question")
-        else:
-            raise ValueError(f"the prompt needs {length} tokens even without context or history; the limit "
-                             f"(generation.max_context_tokens) is {max_tokens}: ask a shorter question")
-        prompt = render()
-    return prompt
 
 
 @lru_cache(maxsize=8)

@@ -6,18 +6,18 @@ parsers hold the GIL, so a worker *thread* would still stall the event loop. Eac
 :func:`retrieval.loaders.load_file` in a process forked from a clean fork server (no model weights, no
 threads), at the lowest CPU priority, with ``RLIMIT_AS`` capping its memory; past its time it is killed.
 
-Use :func:`load_files_isolated` for anything that arrives over the API; trusted folders on the operator's
+Use :func:`load_file_isolated` for anything that arrives over the API; trusted folders on the operator's
 disk are loaded in-process by the indexer.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import multiprocessing
 import os
 import resource
-import threading
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -29,8 +29,6 @@ logger = logging.getLogger(__name__)
 
 # Modules the fork server imports once, so each parse starts warm (~10 ms instead of ~300 ms).
 _PRELOAD = ["retrieval.loaders", "pypdf", "bs4", "lxml.etree"]
-_CONTEXT_LOCK = threading.Lock()
-_context: multiprocessing.context.BaseContext | None = None
 
 
 @dataclass(frozen=True)
@@ -52,17 +50,13 @@ class ParseBudget:
             raise ValueError(f"memory_bytes must be at least 16 MiB, got {self.memory_bytes}")
 
 
+@functools.cache
 def _mp_context() -> multiprocessing.context.BaseContext:
-    global _context
-    with _CONTEXT_LOCK:
-        if _context is None:
-            if "forkserver" in multiprocessing.get_all_start_methods():
-                ctx = multiprocessing.get_context("forkserver")
-                ctx.set_forkserver_preload(_PRELOAD)
-            else:  # macOS/Windows: slower to start, same isolation
-                ctx = multiprocessing.get_context("spawn")
-            _context = ctx
-        return _context
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(_PRELOAD)
+        return ctx
+    return multiprocessing.get_context("spawn")  # macOS/Windows: slower to start, same isolation
 
 
 def _address_space() -> int:
@@ -140,20 +134,3 @@ def load_file_isolated(path: Path, root: Path | None, budget: ParseBudget, *, na
                                 "(server.parse_memory_mb); the file was rejected")
     # Messages name the staging path; callers want the uploaded name.
     raise InvalidInputError(payload.replace(str(path), label))
-
-
-def load_files_isolated(files: list[tuple[Path, str]], root: Path | None, budget: ParseBudget) -> list[Document]:
-    """Parse ``(path, display name)`` pairs one by one, each in its own budgeted child.
-
-    Raises:
-        InvalidInputError: the first file that is malformed or over budget, by its display name; or two
-            files giving the same doc id.
-    """
-    documents: dict[str, Document] = {}
-    for path, name in files:
-        for doc in load_file_isolated(path, root, budget, name=name):
-            if doc.doc_id in documents:
-                raise InvalidInputError(f"duplicate document id {doc.doc_id!r}: {Path(documents[doc.doc_id].source).name} "
-                                        f"and {name}")
-            documents[doc.doc_id] = doc
-    return list(documents.values())

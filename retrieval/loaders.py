@@ -63,10 +63,11 @@ def _doc_id(path: Path, root: Path | None, explicit: object = None) -> str:
 def _title(path: Path, title: object, *, explicit: bool = False) -> str:
     """One-line title; an explicit (front-matter) title over the limit is an error, a derived one is cut."""
     text = " ".join(str(title).split())
-    if len(text) > MAX_TITLE_CHARS and not explicit:
+    if len(text) <= MAX_TITLE_CHARS:
+        return text
+    if not explicit:
         return text[:MAX_TITLE_CHARS]
-    if len(text) > MAX_TITLE_CHARS:
-        raise InvalidInputError(f"{path}: title of {len(text)} characters exceeds the {MAX_TITLE_CHARS}-character limit")
+    raise InvalidInputError(f"{path}: title of {len(text)} characters exceeds the {MAX_TITLE_CHARS}-character limit")
     return text
 
 
@@ -165,7 +166,7 @@ def load_html(path: Path, root: Path | None = None) -> Document:
 
 def load_pdf(path: Path, root: Path | None = None) -> Document:
     from pypdf import PdfReader
-    from pypdf.errors import PdfReadError, PyPdfError
+    from pypdf.errors import PyPdfError  # PdfReadError and the other pypdf errors derive from it
 
     if path.stat().st_size == 0:
         raise InvalidInputError(f"{path}: file is empty")
@@ -173,7 +174,7 @@ def load_pdf(path: Path, root: Path | None = None) -> Document:
         reader = PdfReader(path)
         pages = [page.extract_text() or "" for page in reader.pages]
         info_title = reader.metadata.title if reader.metadata else None
-    except (PdfReadError, PyPdfError, ValueError, KeyError, TypeError, OSError, RecursionError) as exc:
+    except (PyPdfError, ValueError, KeyError, TypeError, OSError, RecursionError) as exc:
         raise InvalidInputError(f"{path}: cannot read PDF ({exc.__class__.__name__}: {exc})") from None
     text = "\n\n".join(p.strip() for p in pages if p.strip())
     if not text:

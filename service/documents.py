@@ -25,7 +25,7 @@ from core.errors import ConflictError, InvalidInputError, NotFoundError
 from core.settings import Settings
 from retrieval import index_store
 from retrieval.documents import Document
-from retrieval.isolation import ParseBudget, load_files_isolated
+from retrieval.isolation import ParseBudget, load_file_isolated
 from retrieval.loaders import SUFFIXES
 
 logger = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ class DocumentService:
             meta = self._meta_path(file.name)
             if not meta.is_file():
                 try:
-                    self._write_meta(file.name, load_files_isolated([(file, file.name)], self.root, self.budget))
+                    self._write_meta(file.name, load_file_isolated(file, self.root, self.budget, name=file.name))
                 except InvalidInputError as exc:
                     logger.warning("uploaded file %s cannot be parsed: %s", file.name, exc)
                     continue
@@ -162,7 +162,7 @@ class DocumentService:
         files = sorted(p for p in staging.iterdir() if p.is_file())
         if not files:
             raise InvalidInputError("the upload holds no documents")
-        parsed = {f.name: load_files_isolated([(f, f.name)], staging, self.budget) for f in files}
+        parsed = {f.name: load_file_isolated(f, staging, self.budget, name=f.name) for f in files}
         with self._lock:
             owners: dict[str, str] = {}
             for name, rows in self._uploads().items():
