@@ -7,6 +7,7 @@ import os
 import platform
 import resource
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -64,21 +65,50 @@ def sample_kb_copies(root: Path, copies: int) -> Path:
     return corpus
 
 
-def zaragoza_split(work: Path) -> tuple[Path, list[dict], list[dict]]:
-    """The public FAQ (zaragoza-construction-faq, English, CC-BY-4.0) as a corpus of answers under
-    ``work/corpus`` plus an 80/20 split of the entries by id (seed 0): (corpus, train, held-out)."""
+@dataclass(frozen=True)
+class FaqSet:
+    """A public FAQ nobody on this project wrote: entries ``{"id", "q", "a", "title"}`` and where it comes from."""
+
+    name: str
+    origin: str
+    entries: list[dict]
+
+
+def public_faq(name: str) -> FaqSet:
+    """``zaragoza-en`` / ``zaragoza-sv``: zaragoza-construction-faq (Zaragoza AB, CC-BY-4.0, 503 entries);
+    ``fxfunds``: fxfunds-platform-faq (FXFunds, CC-BY-4.0, 24 entries). Both from PyPI (the bench extra)."""
+    if name.startswith("zaragoza-"):
+        import zaragoza_construction_faq as faq
+
+        entries = [{"id": e["id"], "q": e["q"], "a": e["a"], "title": e["category"].replace("-", " ").capitalize()}
+                   for e in faq.load(lang=name.removeprefix("zaragoza-"))]
+        return FaqSet(name, f"zaragoza-construction-faq {faq.__version__}, {faq.__license__}, DOI {faq.__doi__}", entries)
+    if name == "fxfunds":
+        import fxfunds_platform_faq as faq
+
+        entries = [{"id": e["id"], "q": e["question"], "a": e["answer"], "title": e["category"].replace("-", " ").capitalize()}
+                   for e in faq.all_questions()]
+        return FaqSet(name, f"fxfunds-platform-faq {faq.__version__}, CC-BY-4.0", entries)
+    raise ValueError(f"unknown FAQ set {name!r}")
+
+
+def faq_split(work: Path, faq: FaqSet, heldout_fraction: float = 0.3, seed: int = 0) -> tuple[Path, list[dict], list[dict]]:
+    """The FAQ's answers as a corpus under ``work/corpus`` (one Markdown file per entry, id = entry id) and a
+    split of its questions by entry id, ``heldout_fraction`` held out (seeded): (corpus, train, held-out)."""
     import random
 
-    import zaragoza_construction_faq as faq
-
-    entries = faq.load(lang="en")
     corpus = work / "corpus"
     if not corpus.is_dir():
         corpus.mkdir(parents=True)
-        for e in entries:
-            title = e["category"].replace("-", " ").capitalize()
-            (corpus / f"{e['id']}.md").write_text(f"---\nid: {e['id']}\ntitle: {title}\n---\n\n{e['a']}\n")
-    ids = sorted(e["id"] for e in entries)
-    random.Random(0).shuffle(ids)
-    heldout_ids = set(ids[: len(ids) // 5])
-    return (corpus, [e for e in entries if e["id"] not in heldout_ids], [e for e in entries if e["id"] in heldout_ids])
+        for e in faq.entries:
+            (corpus / f"{e['id']}.md").write_text(f"---\nid: {e['id']}\ntitle: {e['title']}\n---\n\n{e['a']}\n")
+    ids = sorted(e["id"] for e in faq.entries)
+    random.Random(seed).shuffle(ids)
+    heldout_ids = set(ids[: round(len(ids) * heldout_fraction)])
+    return (corpus, [e for e in faq.entries if e["id"] not in heldout_ids],
+            [e for e in faq.entries if e["id"] in heldout_ids])
+
+
+def zaragoza_split(work: Path) -> tuple[Path, list[dict], list[dict]]:
+    """zaragoza-construction-faq (English) as corpus + 70/30 question split, as every benchmark uses it."""
+    return faq_split(work, public_faq("zaragoza-en"))

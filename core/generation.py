@@ -34,6 +34,34 @@ class Generation:
     finish_reason: str = "stop"
 
 
+def _repetition_penalty(config: GenerationSettings, prompt_length: int) -> dict[str, object]:
+    """``generate`` keyword arguments for the configured penalty and scope (see GenerationSettings)."""
+    from transformers import LogitsProcessorList
+
+    if config.repetition_penalty == 1.0 or config.repetition_penalty_scope == "prompt_and_answer":
+        return {"repetition_penalty": config.repetition_penalty}
+    return {"logits_processor": LogitsProcessorList([AnswerRepetitionPenalty(config.repetition_penalty, prompt_length)])}
+
+
+class AnswerRepetitionPenalty:
+    """transformers' repetition penalty (CTRL: positive logits divided, negative multiplied) applied to the
+    tokens generated so far only, never to the prompt's. Prompts are left-padded to one length per batch,
+    so the answer starts at ``prompt_length`` in every row."""
+
+    def __init__(self, penalty: float, prompt_length: int) -> None:
+        self.penalty, self.prompt_length = penalty, prompt_length
+
+    def __call__(self, input_ids, scores):  # (LongTensor, FloatTensor) -> FloatTensor
+        import torch
+
+        answer = input_ids[:, self.prompt_length :]
+        if answer.shape[1] == 0:
+            return scores
+        picked = torch.gather(scores, 1, answer)
+        picked = torch.where(picked < 0, picked * self.penalty, picked / self.penalty)
+        return scores.scatter(1, answer, picked)
+
+
 def generate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -87,7 +115,7 @@ def generate(
                     temperature=temp if sampling else None,
                     top_p=config.top_p if sampling else None,
                     top_k=None,
-                    repetition_penalty=config.repetition_penalty,
+                    **_repetition_penalty(config, enc["input_ids"].shape[1]),
                     pad_token_id=tokenizer.pad_token_id,
                     streamer=streamer,
                     stopping_criteria=StoppingCriteriaList([_Stopped()]) if stop is not None else None,

@@ -143,6 +143,7 @@ class EngineRequest:
     on_text: Callable[[str], None]
     on_done: Callable[[Generation | BaseException], None]
     seed: int | None = None
+    penalize_prompt: bool = False  # GenerationSettings.repetition_penalty_scope == "prompt_and_answer"
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.perf_counter)
 
@@ -371,7 +372,8 @@ class LlamaCppEngine:
             return  # wait for room
         self._waiting.pop(0)
         seen = np.zeros(self.n_vocab, dtype=bool)
-        seen[np.asarray(request.prompt_ids, dtype=np.int64)] = True
+        if request.penalize_prompt:
+            seen[np.asarray(request.prompt_ids, dtype=np.int64)] = True
         seq = _Seq(request, self._free_slots()[0], list(request.prompt_ids), 0, seen,
                    np.random.default_rng(request.seed), reserved=need)
         self._prefill = seq  # before anything can fail: a failure then finishes it instead of losing it
@@ -521,8 +523,8 @@ def _cancelled() -> GenerationCancelled:
 
 def _sample(logits: np.ndarray, seen: np.ndarray, penalty: float, temperature: float, top_p: float,
             rng: np.random.Generator) -> int:
-    """transformers' semantics: repetition penalty on every token of prompt and answer, then greedy or
-    temperature + nucleus sampling."""
+    """transformers' semantics: repetition penalty on the ``seen`` tokens (the answer's, plus the prompt's
+    when the request says so), then greedy or temperature + nucleus sampling."""
     x = np.array(logits, dtype=np.float32)
     if penalty != 1.0:
         picked = x[seen]

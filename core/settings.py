@@ -107,7 +107,18 @@ class RetrievalSettings(BaseModel):
         description="dense by default: in bench/bench_embedder.py equal-weight RRF with BM25 scored below dense "
         "alone on both domains (e.g. nDCG@10 0.654 vs 0.761 on the public FAQ with the fine-tuned embedder).",
     )
+    bm25_analyzer: Literal["auto", "words", "cjk_bigrams"] = Field(
+        "auto",
+        description="BM25 tokens: words, or character bigrams for Chinese/Japanese/Korean; auto picks by the "
+        "corpus's share of CJK characters when an index is built (stored in its manifest).",
+    )
     rrf_k: int = Field(60, gt=0, description="Reciprocal-rank-fusion constant.")
+    bm25_weight: float = Field(
+        1.0,
+        ge=0.0,
+        description="Weight of the BM25 list in hybrid fusion (dense has 1; 0 is dense alone). Choose it on "
+        "labelled training questions with retrieval.search.tune_bm25_weight, never on the test set.",
+    )
     index_type: Literal["auto", "flat", "hnsw"] = Field(
         "auto", description="auto: exact search up to `ann_threshold` vectors, HNSW above."
     )
@@ -146,6 +157,12 @@ class GenerationSettings(BaseModel):
     temperature: float = Field(0.0, ge=0.0, description="0 means greedy decoding.")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     repetition_penalty: float = Field(1.1, ge=1.0)
+    repetition_penalty_scope: Literal["answer", "prompt_and_answer"] = Field(
+        "answer",
+        description="Tokens the repetition penalty counts. answer: only what the model has generated, so quoting "
+        "the context, citing [doc-id]s and the house sign-off from the prompt cost nothing while loops still do; "
+        "prompt_and_answer: transformers' own semantics (penalizes grounding: bench/RESULTS.md).",
+    )
     batch_size: int = Field(8, gt=0, description="Largest batch for one generate call (transformers engine).")
     batch_wait_ms: int = Field(20, ge=0, description="Dynamic batching window in the server (transformers engine).")
     max_context_tokens: int = Field(
@@ -185,11 +202,32 @@ class EmbedderTrainingSettings(BaseModel):
         "only ~30% of chunks yield a usable question and generation costs ~5 min on 2 cores; turn it on with a "
         "stronger generator (models.generator) or a GPU.",
     )
-    hard_negatives: int = Field(1, ge=0)
+    corpus_queries_per_chunk: int = Field(
+        0,
+        ge=0,
+        description="Inverse-cloze pairs: up to N sentences of each chunk become queries for the rest of the chunk "
+        "(needs no generator; multiplies pairs for a small labelled set).",
+    )
+    hard_negatives: int = Field(
+        0, ge=0, description="Mined hard negatives per pair (0: in-batch negatives only, the default: on FAQ corpora "
+        "with near-duplicate answers mined negatives cost nDCG, bench/RESULTS.md).",
+    )
     hard_negative_margin: float = Field(0.05, ge=0.0, description="Negatives score at least this far below the positive.")
+    loss: Literal["mnrl", "cached_mnrl"] = Field(
+        "mnrl", description="MultipleNegativesRankingLoss, or its cached (GradCache) form for large batches in little memory."
+    )
+    mini_batch_size: int = Field(32, gt=0, description="Forward chunk size of cached_mnrl.")
     matryoshka_dims: list[int] | None = Field(None, description="e.g. [384, 256, 128, 64] to train with MatryoshkaLoss.")
-    eval_fraction: float = Field(0.15, gt=0.0, lt=1.0, description="Held-out share of queries (best checkpoint).")
-    num_train_epochs: float = Field(3.0, gt=0)
+    eval_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Held-out share of queries used to pick the best checkpoint. 0: train on every pair for "
+        "num_train_epochs (the default: with a few hundred pairs, a held-out dozen picks checkpoints by noise).",
+    )
+    num_train_epochs: float = Field(
+        6.0, gt=0, description="Fixed epoch count (no held-out selection by default); 6 beat 3 on the public FAQs."
+    )
     per_device_train_batch_size: int = Field(32, gt=1)
     learning_rate: float = Field(5e-5, gt=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
@@ -203,8 +241,17 @@ class GeneratorTrainingSettings(BaseModel):
 
     chat_files: list[Path] = Field(default_factory=lambda: [SAMPLE_DIR / "chat_train.jsonl"])
     split_fractions: tuple[float, float, float] = Field((0.8, 0.1, 0.1), description="train / validation / test")
-    golden_fraction: float = Field(0.7, ge=0.0, le=1.0, description="RAFT: share of examples whose context holds the cited doc.")
+    golden_fraction: float = Field(
+        0.87, ge=0.0, le=1.0,
+        description="RAFT: share of answerable examples whose context holds the cited doc. The rest are trained "
+        "without retrieval (no_context_fraction) or on distractors only with the refusal as target; more "
+        "distractor refusals made the 135M model refuse answerable questions (39% at 0.7, 3% at 0.85: "
+        "bench/RESULTS.md).",
+    )
     no_context_fraction: float = Field(0.1, ge=0.0, le=1.0, description="Share trained without retrieval (FT-only mode).")
+    unanswerable_repeats: int = Field(
+        2, ge=1, description="Training rows per unanswerable example (no cited doc), each with other retrieved passages."
+    )
     refusal_answer: str | None = Field(
         None, description="Target when the context lacks the answer (default: the data's answer to uncited questions)."
     )
@@ -213,16 +260,24 @@ class GeneratorTrainingSettings(BaseModel):
     lora_alpha: int = Field(32, gt=0)
     lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: list[str] | str = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
-        description='Module names, or "all-linear".',
+        "all-linear",
+        description='Module names (e.g. ["q_proj", "v_proj"]), or "all-linear" (attention and MLP; the default: '
+        "the house style is learned in fewer steps than with attention-only LoRA, bench/RESULTS.md).",
+    )
+    top_layers: int | None = Field(
+        None, gt=0, description="Adapt only the last N transformer blocks (None: all). Cuts CPU step time: the "
+        "backward pass stops at the lowest adapted block.",
     )
     qlora: Literal["auto", "on", "off"] = Field("auto", description="auto: 4-bit base when CUDA + bitsandbytes exist.")
     num_train_epochs: float = Field(1.0, gt=0)
     per_device_train_batch_size: int = Field(4, gt=0)
     gradient_accumulation_steps: int = Field(1, gt=0)
-    learning_rate: float = Field(2e-4, gt=0)
+    learning_rate: float = Field(5e-4, gt=0)
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     max_length: int = Field(768, gt=32, description="Longest prompt + answer in tokens; longer examples are dropped.")
+    group_by_length: bool = Field(
+        True, description="Batch examples of similar length (less padding: each CPU step computes fewer tokens)."
+    )
     max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: run all epochs).")
     eval_steps: int | None = Field(None, gt=0, description="Evaluate/save every N steps (default: each epoch).")
     early_stopping_patience: int = Field(2, ge=1)

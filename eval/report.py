@@ -19,6 +19,9 @@ TABLE_METRICS = (
     ("ndcg@10", "nDCG@10"), ("recall@5", "Recall@5"), ("completion_tokens", "Tokens"),
     ("seconds_per_answer", "s/answer"),
 )
+STYLE_RULES = (("style_greeting", "Greeting"), ("style_sign_off", "Sign-off"), ("style_length", "Length"),
+               ("style_citation", "Citation"), ("style_steps", "Steps"), ("style_no_ai", "No 'as an AI'"),
+               ("style_adherence", "All rules"))
 CHART_METRICS = ("rouge_l", "token_f1", "embedding_similarity", "style_adherence", "citation_hit", "refusal_correct")
 COLORS = {"prompt": "#9aa5b1", "rag": "#4c78a8", "ft": "#f58518", "combined": "#54a24b"}
 
@@ -42,6 +45,11 @@ def markdown(report: dict[str, Any]) -> str:
     for key, label in TABLE_METRICS:
         if any(key in systems[n]["metrics"] for n in ok):
             lines.append(f"| {label} | " + " | ".join(_fmt(systems[n]["metrics"].get(key)) for n in ok) + " |")
+    if any("style_greeting" in systems[n]["metrics"] for n in ok):
+        lines += ["", "## House style by rule (share of answers passing)", "",
+                  "| rule | " + " | ".join(ok) + " |", "|---|" + "---|" * len(ok)]
+        for key, label in STYLE_RULES:
+            lines.append(f"| {label} | " + " | ".join(_fmt(systems[n]["metrics"].get(key), ci=False) for n in ok) + " |")
     missing = [(n, s["reason"]) for n, s in systems.items() if s["status"] != "ok"]
     if missing:
         lines += ["", "**Not evaluated:** " + "; ".join(f"{n} ({r})" for n, r in missing)]
@@ -54,6 +62,15 @@ def markdown(report: dict[str, Any]) -> str:
                          f"[{c['low']:+.3f}, {c['high']:+.3f}] | {c['p_holm']:.4f} |")
     else:
         lines.append("None.")
+    for name in ok:
+        worst = systems[name].get("worst_answers") or []
+        if worst:
+            lines += ["", f"## Worst {len(worst)} answers: {name}", ""]
+            for w in worst:
+                context = ", ".join(c["doc_id"] for c in w["context"]) or "no retrieval"
+                lines += [f"- **{w['id']}** {w['question']} (gold: {', '.join(w['gold_doc_ids']) or 'not answerable'}; "
+                          f"context: {context}) failed: {', '.join(w['failed']) or 'nothing'}; F1 {w['token_f1']}",
+                          "", "  > " + w["answer"].strip().replace("\n", "\n  > "), ""]
     lines += ["", f"Generator `{report['models']['generator']}`; adapter "
               f"`{(report['models']['adapter'] or {}).get('id')}`; fine-tuned embedder "
               f"`{(report['models']['finetuned_embedder'] or {}).get('id')}`; eval set sha256 "
@@ -117,6 +134,19 @@ fine-tuned embedder <code>{{ (models.finetuned_embedder or {}).get('id') }}</cod
 {% for key, label in metrics %}<tr><td>{{ label }}</td>{% for n in ok %}<td>{{ fmt(systems[n].metrics.get(key)) }}</td>{% endfor %}</tr>{% endfor %}
 </table>
 <img alt="metrics by system with 95% intervals" src="{{ chart }}" style="max-width:100%">
+{% if style_rows %}<h2>House style by rule</h2>
+<p>Share of answers passing each rule; "All rules" is the style adherence above.</p>
+<table><tr><th>rule</th>{% for n in ok %}<th>{{ n }}</th>{% endfor %}</tr>
+{% for key, label in style_rows %}<tr><td>{{ label }}</td>{% for n in ok %}<td>{{ fmt(systems[n].metrics.get(key), False) }}</td>{% endfor %}</tr>{% endfor %}
+</table>{% endif %}
+<h2>Worst answers</h2>
+<p>Per system, the answers that failed the most checks (ties: lowest token F1), with the context they were given.</p>
+{% for n in ok %}{% if systems[n].worst_answers %}<h3 id="worst-{{ n }}">{{ n }}</h3>
+{% for w in systems[n].worst_answers %}<div class="card"><h4>{{ w.id }}: {{ w.question }}</h4>
+<div>gold: {{ w.gold_doc_ids|join(", ") or "not answerable" }} · failed: <span class="bad">{{ w.failed|join(", ") or "nothing" }}</span> · F1 {{ w.token_f1 }}</div>
+<pre>{{ w.answer }}</pre>
+<div class="src">{% for c in w.context %}[{{ c.doc_id }}] {{ c.title }}: {{ c.text|truncate(240) }}<br>{% else %}no retrieval{% endfor %}</div></div>
+{% endfor %}{% endif %}{% endfor %}
 <h2>Which differences are real</h2>
 <p>Paired sign-flip permutation test per metric, Holm-corrected across all {{ comparisons|length }} comparisons.</p>
 <table><tr><th>metric</th><th>comparison</th><th>mean difference [95% CI]</th><th>p</th><th>p (Holm)</th></tr>
@@ -165,7 +195,9 @@ def html_report(report: dict[str, Any]) -> str:
     env = Environment(autoescape=True)
     template = env.from_string(_HTML)
     # Jinja's ``tojson`` escapes <, >, & and ' so embedded answers can never close the script element.
-    return template.render(**report, ok=ok, metrics=TABLE_METRICS, fmt=_fmt, chart=chart_png(report))
+    has_rules = any("style_greeting" in report["systems"][n]["metrics"] for n in ok)
+    return template.render(**report, ok=ok, metrics=TABLE_METRICS, fmt=_fmt, chart=chart_png(report),
+                           style_rows=STYLE_RULES if has_rules else ())
 
 
 def write_reports(report: dict[str, Any], out: Path) -> dict[str, Path]:

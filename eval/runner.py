@@ -205,6 +205,8 @@ def score(run: SystemRun, items: Sequence[EvalItem], rules: StyleRules, settings
             "token_f1": am.token_f1(answer, item.reference_answer),
             "embedding_similarity": float(similarity[n]),
             "style_adherence": float(style["adheres"]),
+            # Per rule, so the failing one is visible (style_adherence needs all of them).
+            **{f"style_{rule}": float(ok) for rule, ok in style.items() if rule != "adheres"},
             "groundedness": (am.groundedness(answer, [c["text"] for c in row["context"]], rules,
                                              settings.eval.grounded_threshold)
                              if run.spec.retrieval else None),
@@ -220,6 +222,32 @@ def score(run: SystemRun, items: Sequence[EvalItem], rules: StyleRules, settings
                       if k in ("recall@1", "recall@3", "recall@5", "mrr@10", "ndcg@10")})
         scored.append({"id": item.id, "style": style, "metrics": m})
     return scored
+
+
+WORST_PER_SYSTEM = 5
+
+
+def failed_checks(metrics: dict[str, Any]) -> list[str]:
+    """The checks an answer failed: style rules, citation validity and hit, refusal behaviour."""
+    failed = [k.removeprefix("style_") for k, v in metrics.items()
+              if k.startswith("style_") and k != "style_adherence" and v == 0.0]
+    failed += [k for k in ("citation_validity", "citation_hit", "refusal_correct") if metrics.get(k) is not None
+               and metrics[k] < 1.0]
+    failed += ["false_refusal"] if metrics.get("false_refusal") == 1.0 else []
+    return failed
+
+
+def worst_answers(items: Sequence[EvalItem], run: SystemRun, scored: Sequence[dict[str, Any]],
+                  n: int = WORST_PER_SYSTEM) -> list[dict[str, Any]]:
+    """The ``n`` answers that failed the most checks (ties: lowest token F1), with their context, so a person
+    sees why a system scores as it does."""
+    order = sorted(range(len(scored)), key=lambda i: (-len(failed_checks(scored[i]["metrics"])),
+                                                       scored[i]["metrics"]["token_f1"], items[i].id))
+    return [{"id": items[i].id, "question": items[i].question, "gold_doc_ids": items[i].gold_doc_ids,
+             "answerable": items[i].answerable, "answer": run.answers[i]["answer"],
+             "failed": failed_checks(scored[i]["metrics"]), "token_f1": round(scored[i]["metrics"]["token_f1"], 3),
+             "context": [{"doc_id": c["doc_id"], "title": c["title"], "text": c["text"]} for c in run.answers[i]["context"]]}
+            for i in order[:n]]
 
 
 def aggregate(scored: Sequence[dict[str, Any]], settings: Settings) -> dict[str, dict[str, float]]:
@@ -327,7 +355,8 @@ def score_all(settings: Settings, plan: EvalPlan) -> tuple[dict[str, Any], dict[
                 for row, grade in zip(scored, grades, strict=True):
                     row["metrics"]["judge_score"] = grade
             scored_by_system[name] = scored
-            entry.update({"metrics": aggregate(scored, settings), "wall_time_s": round(run.seconds, 1)})
+            entry.update({"metrics": aggregate(scored, settings), "wall_time_s": round(run.seconds, 1),
+                          "worst_answers": worst_answers(items, run, scored)})
         per_system[name] = entry
     return per_system, scored_by_system
 

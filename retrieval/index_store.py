@@ -79,6 +79,7 @@ class Manifest(BaseModel):
     index_type: Literal["flat", "hnsw"]
     chunk_size: int
     chunk_overlap: int
+    bm25_analyzer: Literal["words", "cjk_bigrams"] = "words"  # queries are tokenized the way the corpus was
     documents: dict[str, DocumentEntry]
     num_chunks: int
     build: BuildStats

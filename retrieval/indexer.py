@@ -23,7 +23,7 @@ import numpy as np
 from core.errors import ConflictError, InvalidInputError
 from core.models import load_embedder, resolve_embedder
 from core.settings import Settings
-from retrieval import index_store
+from retrieval import bm25, index_store
 from retrieval.chunking import Chunker
 from retrieval.documents import Chunk, Document
 from retrieval.embedding import embedder_fingerprint, embedding_dim, encode
@@ -70,13 +70,9 @@ def choose_index_type(settings: Settings, num_vectors: int) -> Literal["flat", "
     return "hnsw" if num_vectors >= settings.retrieval.ann_threshold else "flat"
 
 
-def build_bm25(chunks: Sequence[Chunk]):  # -> bm25s.BM25
-    import bm25s
-
-    retriever = bm25s.BM25()
-    tokens = bm25s.tokenize([c.embedding_text() for c in chunks], stopwords="en", show_progress=False)
-    retriever.index(tokens, show_progress=False)
-    return retriever
+def choose_bm25_analyzer(settings: Settings, chunks: Sequence[Chunk]) -> bm25.Analyzer:
+    configured = settings.retrieval.bm25_analyzer
+    return bm25.detect_analyzer(c.text for c in chunks) if configured == "auto" else configured
 
 
 def update_index(
@@ -174,7 +170,8 @@ def update_index(
         if on_progress:
             on_progress("indexing", 0, len(all_chunks))
         faiss_index = index_store.build_faiss_index(all_vectors, ids, index_type, hnsw_m=cfg.hnsw_m)
-        bm25 = build_bm25(all_chunks)
+        analyzer = choose_bm25_analyzer(settings, all_chunks)
+        bm25_index = bm25.build_index([c.embedding_text() for c in all_chunks], analyzer)
 
         chunk_ids_by_doc: dict[str, list[int]] = {}
         for chunk in all_chunks:
@@ -190,6 +187,7 @@ def update_index(
             index_type=index_type,
             chunk_size=cfg.chunk_size,
             chunk_overlap=cfg.chunk_overlap,
+            bm25_analyzer=analyzer,
             documents={
                 d.doc_id: index_store.DocumentEntry(
                     content_hash=d.content_hash, title=d.title, source=d.source, format=d.format,
@@ -200,7 +198,7 @@ def update_index(
             num_chunks=len(all_chunks),
             build=stats,
         )
-        index_store.write_version(index_dir, manifest, faiss_index, all_chunks, bm25)
+        index_store.write_version(index_dir, manifest, faiss_index, all_chunks, bm25_index)
         index_store.activate(index_dir, version)
         index_store.prune(index_dir, cfg.keep_versions)
         if on_progress:

@@ -17,6 +17,7 @@ from core.errors import InvalidInputError
 from core.models import load_embedder
 from core.prompt import ContextPassage
 from core.settings import RetrievalSettings, Settings
+from retrieval import bm25
 from retrieval.documents import Chunk
 from retrieval.embedding import encode
 from retrieval.index_store import IndexVersion, open_version
@@ -106,8 +107,6 @@ class Retriever:
                 for row_ids, row_scores in zip(ids, scores, strict=True)]
 
     def bm25_many(self, queries: Sequence[str], k: int, filters: Filters | None = None) -> list[list[SearchResult]]:
-        import bm25s
-
         n = len(self.version.chunk_order)
         if n == 0:
             return [[] for _ in queries]
@@ -117,7 +116,7 @@ class Retriever:
             mask = np.isin(self.version.chunk_order, allowed).astype(np.float32)
             if not mask.any():
                 return [[] for _ in queries]
-        tokens = bm25s.tokenize(list(queries), stopwords="en", return_ids=False, show_progress=False)
+        tokens = bm25.tokenize(list(queries), self.version.manifest.bm25_analyzer)
         out: list[list[SearchResult]] = []
         for query_tokens in tokens:
             known = [t for t in query_tokens if t in self.version.bm25.vocab_dict]
@@ -130,15 +129,16 @@ class Retriever:
         return out
 
     def hybrid_many(self, queries: Sequence[str], k: int, filters: Filters | None = None) -> list[list[SearchResult]]:
-        """Reciprocal-rank fusion of dense and BM25 lists: score = sum 1 / (rrf_k + rank)."""
+        """Weighted reciprocal-rank fusion of dense and BM25 lists: score = sum w / (rrf_k + rank), with
+        w = 1 for dense and ``bm25_weight`` for BM25 (0 reproduces the dense ranking)."""
         depth = max(4 * k, 20)
         fused_all = []
         for dense, sparse in zip(self.dense_many(queries, depth, filters), self.bm25_many(queries, depth, filters),
                                  strict=True):
             scores: dict[int, float] = {}
-            for ranked in (dense, sparse):
+            for weight, ranked in ((1.0, dense), (self.config.bm25_weight, sparse)):
                 for rank, r in enumerate(ranked, 1):
-                    scores[r.chunk_id] = scores.get(r.chunk_id, 0.0) + 1.0 / (self.config.rrf_k + rank)
+                    scores[r.chunk_id] = scores.get(r.chunk_id, 0.0) + weight / (self.config.rrf_k + rank)
             best = sorted(scores.items(), key=lambda item: item[1], reverse=True)[:k]
             fused_all.append([self._result(cid, s) for cid, s in best])
         return fused_all
@@ -166,6 +166,27 @@ class Retriever:
     def search(self, query: str, k: int | None = None, mode: SearchMode | None = None,
                filters: Filters | None = None) -> list[SearchResult]:
         return self.search_many([query], k, mode, filters)[0]
+
+
+def tune_bm25_weight(
+    retriever: Retriever, queries: Sequence[str], gold: Sequence[Sequence[str]],
+    grid: Sequence[float] = (0.0, 0.1, 0.25, 0.5, 1.0),
+) -> tuple[float, dict[float, float]]:
+    """The BM25 fusion weight with the best document nDCG@10 on labelled ``queries`` (ties go to the smaller
+    weight, so dense alone wins unless BM25 measurably helps), and each weight's score.
+
+    Use training questions: a weight tuned on the test set would flatter hybrid search.
+    """
+    from retrieval.metrics import retrieval_metrics
+
+    scores = {}
+    for weight in grid:
+        tuned = Retriever(retriever.version, retriever.embedder,
+                          retriever.config.model_copy(update={"bm25_weight": weight}))
+        ranked = [doc_ranking(r) for r in tuned.search_many(list(queries), k=20, mode="hybrid")]
+        scores[weight] = round(retrieval_metrics(ranked, gold)["ndcg@10"], 4)
+    best = max(sorted(scores), key=lambda w: (scores[w], -w))
+    return best, scores
 
 
 def open_retriever(settings: Settings, index_dir: Path | None = None) -> Retriever:

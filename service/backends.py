@@ -205,6 +205,7 @@ class ContinuousBackend:
             max_new_tokens=max_new_tokens or self.config.max_new_tokens,
             temperature=self.config.temperature if temperature is None else temperature, top_p=self.config.top_p,
             repetition_penalty=self.config.repetition_penalty,
+            penalize_prompt=self.config.repetition_penalty_scope == "prompt_and_answer",
             on_text=lambda text: put("text", text), on_done=lambda result: put("done", result))
         self.engine.submit(request)
         began, last = time.perf_counter(), None

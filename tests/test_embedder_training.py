@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -127,7 +128,7 @@ def test_hard_negatives_never_come_from_the_gold_document() -> None:
 def test_tiny_training_run_writes_a_loadable_artifact_with_a_complete_manifest(settings: Settings) -> None:
     cfg = settings.train_embedder.model_copy(update={
         "synthetic_queries_per_chunk": 0, "max_steps": 4, "learning_rate": 1e-3, "eval_steps": 2,
-        "per_device_train_batch_size": 16, "hard_negatives": 0,
+        "per_device_train_batch_size": 16, "hard_negatives": 0, "eval_fraction": 0.15,
     })
     probe = ["How do I void a label?", "What does the Growth plan cost?"]
     before_vectors = load_embedder(settings).encode(probe)
@@ -149,6 +150,38 @@ def test_tiny_training_run_writes_a_loadable_artifact_with_a_complete_manifest(s
     assert np.allclose(load_embedder(settings).encode(probe), before_vectors), "the cached base model is untouched"
     report = update_index(tuned, [SAMPLE_DIR / "kb"], rebuild=True)
     assert report.mode == "rebuild" and artifacts.get_artifact(settings, "embedder", "latest").id == artifact.id
+
+
+def test_default_run_trains_on_every_pair_with_inverse_cloze_and_cached_loss(settings: Settings) -> None:
+    """No held-out split by default: every labelled pair trains, the last step is the model, and the
+    manifest says there was nothing to select on."""
+    cfg = settings.train_embedder.model_copy(update={
+        "max_steps": 2, "per_device_train_batch_size": 16, "hard_negatives": 0, "corpus_queries_per_chunk": 1,
+        "loss": "cached_mnrl", "mini_batch_size": 8,
+    })
+    assert settings.train_embedder.eval_fraction == 0
+    artifact = train_embedder(settings, cfg)
+    m = artifact.manifest
+    assert m["pairs"]["heldout"] == 0 and m["metrics_before"] is None and m["metrics_after"] is None
+    assert m["best_checkpoint"] is None and m["global_steps"] == 2
+    kept = m["pairs"]["kept_by_source"]
+    assert kept["corpus"] > 50 and kept["chat"] > 50
+    assert m["pairs"]["train"] == sum(kept.values())
+
+
+def test_inverse_cloze_pairs_take_a_sentence_out_of_its_chunk(settings: Settings) -> None:
+    from training.embedder_data import corpus_pairs
+
+    chunks = corpus_chunks(settings, [SAMPLE_DIR / "kb"], load_embedder(settings).tokenizer)
+    pairs = corpus_pairs(chunks, per_chunk=2, seed=0)
+    assert len(pairs) > len(corpus_pairs(chunks, per_chunk=1, seed=0)) > len(chunks) / 2
+    assert pairs == corpus_pairs(chunks, per_chunk=2, seed=0)  # seeded
+    by_doc = {c.doc_id for c in chunks}
+    for p in pairs:
+        assert p.source == "corpus" and p.doc_id in by_doc and len(re.findall(r"\w+", p.query)) >= 5
+        assert p.positive and p.query not in p.positive  # the sentence is removed from its positive
+    lone = Chunk(1, "lone", 0, "Only one sentence lives in this chunk.", "Lone", ("Lone",), "x.md")
+    assert corpus_pairs([lone], per_chunk=2, seed=0) == []  # the positive would be empty
 
 
 def test_training_refuses_empty_or_single_pair_data(settings: Settings, tmp_path: Path) -> None:

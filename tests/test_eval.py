@@ -152,8 +152,20 @@ def test_tiny_end_to_end_eval_writes_json_markdown_html_and_resumes(with_artifac
     assert "groundedness" not in data["systems"]["prompt"]["metrics"], "no context, no groundedness"
     assert len(data["comparisons"]) == 6 * 6 and {"p_value", "p_holm", "significant_holm"} <= set(data["comparisons"][0])
     assert len(data["questions"][0]["systems"]) == 4
-    assert "| ROUGE-L |" in (out / "report.md").read_text()
+    # Per-rule style shares, consistent with the per-question verdicts; the worst answers, with their context.
+    for name, system in data["systems"].items():
+        rows = [q["systems"][name]["style"] for q in data["questions"]]
+        for rule in ("greeting", "sign_off", "length", "citation", "steps", "no_ai"):
+            assert system["metrics"][f"style_{rule}"]["mean"] == pytest.approx(sum(r[rule] for r in rows) / len(rows))
+        worst = system["worst_answers"]
+        assert len(worst) == 5 and all({"id", "question", "answer", "failed", "context"} <= set(w) for w in worst)
+        fails = [len(w["failed"]) for w in worst]
+        assert fails == sorted(fails, reverse=True)
+        assert bool(worst[0]["context"]) == (name in ("rag", "combined"))
+    markdown = (out / "report.md").read_text()
+    assert "| ROUGE-L |" in markdown and "| Sign-off |" in markdown and "## Worst 5 answers: combined" in markdown
     page = (out / "report.html").read_text()
+    assert "House style by rule" in page and 'id="worst-combined"' in page
     assert 'src="http' not in page and 'href="http' not in page, "self-contained: no external resources"
     assert page.count('src="data:image/png;base64,') == 1 and '<script id="data" type="application/json">' in page
     assert report["headline"] == data["headline"]

@@ -31,3 +31,28 @@ def test_long_prompts_keep_their_end(settings: Settings) -> None:
 def test_empty_input_returns_nothing(settings: Settings) -> None:
     model, tokenizer = load_generator(settings)
     assert generate(model, tokenizer, [], settings.generation) == []
+
+
+def test_repetition_penalty_counts_the_answer_not_the_prompt() -> None:
+    """Quoting the context and citing its [doc-id]s must cost nothing; repeating the answer still does."""
+    import torch
+
+    from core.generation import AnswerRepetitionPenalty
+
+    prompt, answer = [5, 6, 7], [8]
+    scores = torch.tensor([[0.0, 0, 0, 0, 0, 2.0, 2.0, -2.0, 2.0, -2.0]])
+    out = AnswerRepetitionPenalty(2.0, prompt_length=len(prompt))(torch.tensor([prompt + answer]), scores.clone())
+    assert out[0, 5:8].tolist() == [2.0, 2.0, -2.0]  # prompt tokens untouched
+    assert out[0, 8].item() == 1.0 and out[0, 9].item() == -2.0  # the answer's token divided; unseen untouched
+    untouched = AnswerRepetitionPenalty(2.0, prompt_length=4)(torch.tensor([prompt + answer]), scores.clone())
+    assert torch.equal(untouched, scores)  # nothing generated yet
+
+
+def test_generate_applies_the_configured_penalty_scope(settings) -> None:
+    from core.generation import _repetition_penalty
+
+    assert "logits_processor" in _repetition_penalty(settings.generation, 10)
+    both = settings.generation.model_copy(update={"repetition_penalty_scope": "prompt_and_answer"})
+    assert _repetition_penalty(both, 10) == {"repetition_penalty": settings.generation.repetition_penalty}
+    off = settings.generation.model_copy(update={"repetition_penalty": 1.0})
+    assert _repetition_penalty(off, 10) == {"repetition_penalty": 1.0}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,13 @@ def test_raft_variants_put_or_remove_the_gold_document(settings: Settings) -> No
     refusal_example = ex("r", "Can you ship to the moon?", "REFUSAL", ())
     [row] = build_rows([refusal_example], FixedRetriever(), template, tokenizer, cfg, "REFUSAL")
     assert row.variant == "distractors"
+    # Repeated unanswerable examples see other passages each time; answerable ones are never repeated.
+    repeated = replace(cfg, unanswerable_repeats=2, golden_fraction=1.0, no_context_fraction=0.0)
+    rows = build_rows([refusal_example, examples[0]], FixedRetriever(), template, tokenizer, repeated, "REFUSAL")
+    assert [r.id for r in rows] == ["r", "r", "e0"]
+    assert rows[0].context_doc_ids != rows[1].context_doc_ids and rows[0].completion == rows[1].completion
+    forced = build_rows([refusal_example], FixedRetriever(), template, tokenizer, repeated, "REFUSAL", variant="gold")
+    assert len(forced) == 1, "evaluation splits are never repeated"
 
 
 def test_cleaning_removes_empty_exact_and_near_duplicates_but_keeps_follow_ups() -> None:
@@ -189,10 +197,16 @@ def test_loss_is_computed_on_the_answer_tokens_only(settings: Settings, small_ch
 def test_tiny_run_lowers_loss_and_writes_a_loadable_adapter(settings: Settings, small_chat_file: Path) -> None:
     cfg = settings.train_generator.model_copy(update={
         "chat_files": [small_chat_file], "max_steps": 12, "learning_rate": 3e-3, "per_device_train_batch_size": 4,
-        "eval_steps": 6, "r": 8, "lora_alpha": 16,
+        "eval_steps": 6, "r": 8, "lora_alpha": 16, "top_layers": 1,
     })
     artifact = train_generator(settings, cfg)
     m = artifact.manifest
+    from safetensors import safe_open
+
+    with safe_open(str(artifact.path / "adapter" / "adapter_model.safetensors"), "pt") as fh:
+        names = list(fh.keys())  # noqa: SIM118 (a safetensors handle is not a dict)
+    layers = {name.split(".layers.")[1].split(".")[0] for name in names}
+    assert layers == {"1"}, "top_layers: 1 adapts only the last of the tiny model's 2 blocks"
     losses = [row["loss"] for row in m["loss_curve"] if "loss" in row]
     assert len(losses) >= 6 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
     assert m["global_steps"] == 12 and m["final_validation_loss"] is not None

@@ -95,3 +95,19 @@ def test_hnsw_index_agrees_with_exact_search_on_small_data(settings: Settings) -
 def test_auto_index_type_switches_at_the_threshold(settings: Settings) -> None:
     small = settings.model_copy(update={"retrieval": settings.retrieval.model_copy(update={"ann_threshold": 10})})
     assert update_index(small, [SAMPLE_DIR / "kb"]).index_type == "hnsw"
+
+
+def test_hybrid_weight_zero_is_dense_and_tuning_prefers_dense_on_ties(sample_retriever: Retriever) -> None:
+    from retrieval.search import tune_bm25_weight
+
+    questions = ["How do I void a label?", "What does the Growth plan cost?", "printer prints blank labels"]
+    dense_only = Retriever(sample_retriever.version, sample_retriever.embedder,
+                           sample_retriever.config.model_copy(update={"bm25_weight": 0.0}))
+    assert ([doc_ranking(r) for r in dense_only.search_many(questions, k=5, mode="hybrid")]
+            == [doc_ranking(r) for r in sample_retriever.search_many(questions, k=5, mode="dense")])
+    gold = [doc_ranking(r)[:1] for r in sample_retriever.search_many(questions, k=1, mode="bm25")]
+    weight, scores = tune_bm25_weight(sample_retriever, questions, gold)
+    assert set(scores) == {0.0, 0.1, 0.25, 0.5, 1.0}
+    assert scores[weight] == max(scores.values())
+    assert weight == min(w for w, s in scores.items() if s == scores[weight])  # ties go to the smaller weight
+    assert weight > 0  # the gold here is BM25's own top hit, which the random tiny embedder cannot find

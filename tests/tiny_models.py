@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from core.settings import SAMPLE_DIR
@@ -59,13 +60,15 @@ def build_tiny_causal_lm(folder: Path, *, seed: int = 0) -> Path:
     return folder
 
 
-def build_tiny_sentence_transformer(folder: Path, *, seed: int = 0) -> Path:
-    """Write a 2-layer, 32-dim BERT with mean pooling as a sentence-transformers folder."""
+def build_tiny_sentence_transformer(folder: Path, *, seed: int = 0, extra_texts: Sequence[str] = ()) -> Path:
+    """Write a 2-layer, 32-dim BERT with mean pooling as a sentence-transformers folder; ``extra_texts`` add
+    their words and characters to the vocabulary (e.g. Japanese, for a "multilingual" tiny model)."""
     import torch
     from sentence_transformers import SentenceTransformer
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    words = sorted({w for text in _corpus() for w in re.findall(r"[a-z0-9]+|[^\sa-z0-9]", text.lower())})
+    texts = [*_corpus(), *extra_texts]
+    words = sorted({w for text in texts for w in re.findall(r"[a-z0-9]+|[^\sa-z0-9]", text.lower())})
     hf_dir = folder.parent / f"{folder.name}-hf"
     hf_dir.mkdir(parents=True, exist_ok=True)
     (hf_dir / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")

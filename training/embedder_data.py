@@ -1,11 +1,13 @@
 """Training data for the embedder: (query, doc id) pairs from three sources, filtered, with hard negatives.
 
-Sources (combinable):
+Sources (combinable, in this order of precedence on duplicates):
   * labelled pairs: JSONL with ``{"question", "doc_id"}`` per line, or an FAQ JSONL (``{"id", "question",
     "answer"}``), whose questions are labelled with their own entry;
   * chat training examples: every user turn of a chat that cites documents (``doc_ids``);
   * synthetic queries written for each chunk by the local generator (the idea of LlamaIndex's
-    ``generate_qa_embedding_pairs``), cached per chunk so reruns cost nothing.
+    ``generate_qa_embedding_pairs``), cached per chunk so reruns cost nothing;
+  * inverse-cloze pairs from the corpus itself: a sentence of a chunk is the query, the rest of the chunk
+    its positive (Lee et al. 2019); no generator needed.
 
 Filtering drops duplicate queries and queries that leak their passage verbatim (a long run of the
 passage's words), which would teach the model string matching instead of meaning.
@@ -17,7 +19,7 @@ import json
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-PairSource = Literal["labelled", "chat", "synthetic"]
+PairSource = Literal["labelled", "chat", "synthetic", "corpus"]
 _WORD = re.compile(r"\w+")
 
 SYNTHETIC_INSTRUCTION = (
@@ -49,6 +51,7 @@ class QueryPair:
     query: str
     doc_id: str
     source: PairSource
+    positive: str | None = None  # the positive text; None: the gold document's best-matching chunk
 
 
 def pairs_from_labelled(path: Path) -> list[QueryPair]:
@@ -132,6 +135,27 @@ def synthetic_pairs(
             question = _clean_question(raw)
             if question:
                 pairs.append(QueryPair(question, chunk.doc_id, "synthetic"))
+    return pairs
+
+
+_SENTENCE = re.compile(r"(?<=[.!?。！？])\s+|\n+")
+
+
+def corpus_pairs(chunks: Sequence[Chunk], *, per_chunk: int, seed: int, min_words: int = 5) -> list[QueryPair]:
+    """Inverse-cloze pairs: up to ``per_chunk`` sentences of each chunk (of at least ``min_words`` words, and
+    never a chunk's only sentence) as queries; the positive is the chunk (title included) without that sentence."""
+    import random
+
+    rng = random.Random(seed)
+    pairs = []
+    for chunk in chunks:
+        sentences = [s.strip() for s in _SENTENCE.split(chunk.text) if s.strip()]
+        usable = [s for s in sentences if len(_WORD.findall(s)) >= min_words or (len(s) >= 12 and not s.isascii())]
+        if len(sentences) < 2 or not usable:
+            continue
+        for sentence in rng.sample(usable, min(per_chunk, len(usable))):
+            rest = replace(chunk, text=chunk.text.replace(sentence, " ").strip())
+            pairs.append(QueryPair(sentence, chunk.doc_id, "corpus", positive=rest.embedding_text()))
     return pairs
 
 
@@ -226,11 +250,13 @@ def best_chunk(query: str, chunks: Sequence[Chunk]) -> Chunk:
 
 
 def to_dataset(pairs: Sequence[QueryPair], chunks_by_doc: dict[str, list[Chunk]]) -> Dataset:
-    """(anchor, positive, doc_id) rows; the positive is the best-matching chunk of the gold document."""
+    """(anchor, positive, doc_id) rows; the positive is the pair's own text, else the best-matching chunk of
+    the gold document."""
     from datasets import Dataset
 
     return Dataset.from_list([
-        {"anchor": p.query, "positive": best_chunk(p.query, chunks_by_doc[p.doc_id]).embedding_text(), "doc_id": p.doc_id}
+        {"anchor": p.query, "doc_id": p.doc_id,
+         "positive": p.positive or best_chunk(p.query, chunks_by_doc[p.doc_id]).embedding_text()}
         for p in pairs
     ])
 

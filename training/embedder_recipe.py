@@ -1,10 +1,13 @@
 """Recipe: fine-tune the embedder for domain retrieval. Reads top to bottom.
 
-    setup   -> corpus chunks, (query, doc) pairs from labelled / chat / synthetic sources, filtering
-    split   -> seeded held-out split of queries (picks the best checkpoint; reported before/after)
+    setup   -> corpus chunks, (query, doc) pairs from labelled / chat / synthetic / inverse-cloze sources,
+               filtering
+    split   -> optional seeded held-out split of queries (picks the best checkpoint; reported before/after).
+               Off by default: with a few hundred pairs a held-out dozen picks checkpoints by noise, and
+               every labelled pair is worth more in training (bench/bench_embedder.py)
     mine    -> hard negatives with the *current* embedder, margin-filtered, never from the gold document
-    train   -> SentenceTransformerTrainer + MultipleNegativesRankingLoss (no-duplicates batches),
-               optionally wrapped in MatryoshkaLoss
+    train   -> SentenceTransformerTrainer + MultipleNegativesRankingLoss (no-duplicates batches; the cached
+               form for large batches), optionally wrapped in MatryoshkaLoss
     save    -> a versioned artifact: model/ + manifest.json (base model, data hash, pair counts,
                hyperparameters, before/after metrics, wall time)
 
@@ -33,6 +36,7 @@ from retrieval.loaders import load_documents
 from training.embedder_data import (
     QueryPair,
     add_hard_negatives,
+    corpus_pairs,
     filter_pairs,
     pairs_from_chats,
     pairs_from_labelled,
@@ -54,7 +58,7 @@ def corpus_chunks(settings: Settings, sources: list[Path], tokenizer) -> list[Ch
 
 
 def collect_pairs(settings: Settings, cfg: EmbedderTrainingSettings, chunks: list[Chunk]) -> list[QueryPair]:
-    """Labelled first, then chat, then synthetic: on duplicates the human-written query wins."""
+    """Labelled first, then chat, synthetic, inverse-cloze: on duplicates the human-written query wins."""
     pairs: list[QueryPair] = []
     for path in cfg.labelled_files:
         pairs += pairs_from_labelled(path)
@@ -65,6 +69,8 @@ def collect_pairs(settings: Settings, cfg: EmbedderTrainingSettings, chunks: lis
         cache = settings.paths.data_dir / "cache" / "synthetic_queries.json"
         pairs += synthetic_pairs(chunks, model, tokenizer, settings.generation, cache,
                                  per_chunk=cfg.synthetic_queries_per_chunk)
+    if cfg.corpus_queries_per_chunk > 0:
+        pairs += corpus_pairs(chunks, per_chunk=cfg.corpus_queries_per_chunk, seed=cfg.seed)
     return pairs
 
 
@@ -75,27 +81,28 @@ def split_pairs(pairs: list[QueryPair], eval_fraction: float, seed: int) -> tupl
     return shuffled[n_eval:], shuffled[:n_eval]
 
 
-def build_training_args(cfg: EmbedderTrainingSettings, output_dir: Path, *, batch_size: int, metric: str,
+def build_training_args(cfg: EmbedderTrainingSettings, output_dir: Path, *, batch_size: int, metric: str | None,
                         on_cpu: bool) -> SentenceTransformerTrainingArguments:
     """sentence-transformers' training arguments for this recipe: no-duplicate batches (in-batch negatives
-    must not contain the positive), best checkpoint by ``metric``, fp16 only on a GPU."""
+    must not contain the positive), best checkpoint by ``metric`` (None: no held-out set, the last
+    step is the model), fp16 only on a GPU."""
     from sentence_transformers import SentenceTransformerTrainingArguments
     from sentence_transformers.base.sampler import BatchSamplers
 
-    strategy = "steps" if cfg.eval_steps else "epoch"
+    strategy = "no" if metric is None else "steps" if cfg.eval_steps else "epoch"
     return SentenceTransformerTrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=cfg.num_train_epochs,
         max_steps=cfg.max_steps,
         per_device_train_batch_size=batch_size,
         learning_rate=cfg.learning_rate,
-        warmup_ratio=cfg.warmup_ratio,
+        warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of the total steps
         batch_sampler=BatchSamplers.NO_DUPLICATES,
         eval_strategy=strategy,
         save_strategy=strategy,
         eval_steps=cfg.eval_steps,
         save_steps=cfg.eval_steps,
-        load_best_model_at_end=True,
+        load_best_model_at_end=metric is not None,
         metric_for_best_model=metric,
         greater_is_better=True,
         save_total_limit=2,
@@ -117,7 +124,11 @@ def train_embedder(settings: Settings, cfg: EmbedderTrainingSettings | None = No
         InvalidInputError: fewer than two usable training pairs, or a malformed data file.
     """
     from sentence_transformers import SentenceTransformerTrainer
-    from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss, MultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer.losses import (
+        CachedMultipleNegativesRankingLoss,
+        MatryoshkaLoss,
+        MultipleNegativesRankingLoss,
+    )
 
     cfg = cfg or settings.train_embedder
     began = time.perf_counter()
@@ -139,13 +150,19 @@ def train_embedder(settings: Settings, cfg: EmbedderTrainingSettings | None = No
             f"{filtered.unknown_doc} with unknown doc ids); add labelled_files or chat_files"
         )
 
-    # --- split
-    train_pairs, heldout_pairs = split_pairs(pairs, cfg.eval_fraction, cfg.seed)
+    # --- split (held-out queries are human ones: inverse-cloze sentences would flatter the numbers)
+    train_pairs, heldout_pairs = pairs, []
+    if cfg.eval_fraction > 0:
+        human = [p for p in pairs if p.source != "corpus"]
+        kept, heldout_pairs = split_pairs(human, cfg.eval_fraction, cfg.seed)
+        train_pairs = kept + [p for p in pairs if p.source == "corpus"]
     if len(train_pairs) < 2:
         raise InvalidInputError(f"only {len(train_pairs)} training pair(s) left after the held-out split")
-    evaluator = DocRetrievalEvaluator([p.query for p in heldout_pairs], [[p.doc_id] for p in heldout_pairs], chunks)
-    before = evaluator(model)
-    logger.info("before training: %s", {k: round(v, 4) for k, v in before.items()})
+    evaluator = before = None
+    if heldout_pairs:
+        evaluator = DocRetrievalEvaluator([p.query for p in heldout_pairs], [[p.doc_id] for p in heldout_pairs], chunks)
+        before = evaluator(model)
+        logger.info("before training: %s", {k: round(v, 4) for k, v in before.items()})
 
     # --- mine hard negatives with the current model
     train_dataset = to_dataset(train_pairs, chunks_by_doc)
@@ -166,17 +183,20 @@ def train_embedder(settings: Settings, cfg: EmbedderTrainingSettings | None = No
     workdir.mkdir(parents=True, exist_ok=True)
     # A short run with nothing to resume: an interrupted or failed run leaves no half-written folder behind.
     try:
-        loss = MultipleNegativesRankingLoss(model)
+        loss = (CachedMultipleNegativesRankingLoss(model, mini_batch_size=cfg.mini_batch_size)
+                if cfg.loss == "cached_mnrl" else MultipleNegativesRankingLoss(model))
         if cfg.matryoshka_dims:
             loss = MatryoshkaLoss(model, loss, matryoshka_dims=cfg.matryoshka_dims)
         batch_size = min(cfg.per_device_train_batch_size, len(train_dataset))
-        args = build_training_args(cfg, workdir / "checkpoints", batch_size=batch_size,
-                                   metric=f"eval_{evaluator.primary_metric}", on_cpu=resolve_device(settings) == "cpu")
+        metric = f"eval_{evaluator.primary_metric}" if evaluator else None
+        args = build_training_args(cfg, workdir / "checkpoints", batch_size=batch_size, metric=metric,
+                                   on_cpu=resolve_device(settings) == "cpu")
         trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_dataset, loss=loss,
                                              evaluator=evaluator)
         trainer.train()
-        after = evaluator(model)
-        logger.info("after training: %s", {k: round(v, 4) for k, v in after.items()})
+        after = evaluator(model) if evaluator else None
+        if after:
+            logger.info("after training: %s", {k: round(v, 4) for k, v in after.items()})
 
         # --- save
         model.save(str(workdir / "model"))

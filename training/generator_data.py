@@ -154,6 +154,7 @@ class RaftConfig:
     golden_fraction: float
     no_context_fraction: float
     seed: int
+    unanswerable_repeats: int = 1  # rows per unanswerable example, each with other retrieved passages
 
 
 @dataclass
@@ -169,13 +170,14 @@ class TrainingRow:
         return asdict(self)
 
 
-def _passages_for(ex: ChatExample, variant: Variant, retriever: Retriever, k: int, rng: random.Random) -> list[ContextPassage] | None:
+def _passages_for(ex: ChatExample, variant: Variant, retriever: Retriever, k: int, rng: random.Random,
+                  offset: int = 0) -> list[ContextPassage] | None:
     if variant == "no_context":
         return None
-    results = retriever.search(ex.question, k=k * 3)
+    results = retriever.search(ex.question, k=k * (3 + offset))
     gold = set(ex.doc_ids)
     if variant == "distractors":
-        return [r.to_passage() for r in results if r.doc_id not in gold][:k]
+        return [r.to_passage() for r in results if r.doc_id not in gold][offset * k : (offset + 1) * k]
     passages = [r.to_passage() for r in results[:k]]
     if not any(p.doc_id in gold for p in passages):
         best = retriever.search(ex.question, k=1, filters={"doc_id": sorted(gold)})
@@ -195,7 +197,12 @@ def build_rows(
     *,
     variant: Variant | None = None,
 ) -> list[TrainingRow]:
-    """Prompt/completion rows in the serving format. ``variant`` forces one variant (evaluation splits)."""
+    """Prompt/completion rows in the serving format. ``variant`` forces one variant (evaluation splits).
+
+    An unanswerable example (no cited document) gives ``cfg.unanswerable_repeats`` rows, the n-th with the
+    n-th group of ``top_k`` retrieved passages: refusing on context that is merely on-topic is the rule a
+    small model learns last, and real unanswerable questions are few.
+    """
     rng = random.Random(cfg.seed)
     rows = []
     for ex in examples:
@@ -210,16 +217,18 @@ def build_rows(
                 "no_context" if r < cfg.golden_fraction + cfg.no_context_fraction else "distractors")
             if chosen == "distractors" and refusal is None:
                 chosen = "gold"
-        passages = _passages_for(ex, chosen, retriever, cfg.top_k, rng)
         if chosen == "distractors" and ex.doc_ids:
             answer = refusal or ex.answer
         elif chosen == "no_context":
             answer = strip_citations(ex.answer)
         else:
             answer = ex.answer
-        prompt = build_prompt(template, tokenizer, ex.question, passages, ex.history_messages)
-        rows.append(TrainingRow(ex.id, chosen, prompt, answer + tokenizer.eos_token, list(ex.doc_ids),
-                                [p.doc_id for p in passages or []]))
+        repeats = cfg.unanswerable_repeats if variant is None and not ex.doc_ids else 1
+        for offset in range(repeats):
+            passages = _passages_for(ex, chosen, retriever, cfg.top_k, rng, offset)
+            prompt = build_prompt(template, tokenizer, ex.question, passages, ex.history_messages)
+            rows.append(TrainingRow(ex.id, chosen, prompt, answer + tokenizer.eos_token, list(ex.doc_ids),
+                                    [p.doc_id for p in passages or []]))
     return rows
 
 

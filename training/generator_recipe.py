@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -100,6 +100,7 @@ def build_sft_config(cfg: GeneratorTrainingSettings, output_dir: Path, *, on_cpu
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         learning_rate=cfg.learning_rate,
         warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         max_length=cfg.max_length,
         # Loss on the answer only: the prompt (system, context, question) is what serving supplies.
         completion_only_loss=True,
@@ -122,6 +123,27 @@ def build_sft_config(cfg: GeneratorTrainingSettings, output_dir: Path, *, on_cpu
     )
 
 
+def top_layers(model, count: int | None) -> list[int] | None:
+    """Indices of the last ``count`` transformer blocks (None: every block). With LoRA only there, the
+    backward pass stops at the lowest adapted block: a CPU step costs ~25% less when half the blocks are
+    adapted."""
+    if count is None:
+        return None
+    total = model.config.get_text_config().num_hidden_layers
+    return list(range(max(0, total - count), total))
+
+
+def lora_targets(model, cfg: GeneratorTrainingSettings) -> list[str] | str:
+    """``cfg.target_modules``; "all-linear" is spelled out (every linear layer but the LM head) when only the
+    top layers are adapted, since peft restricts layers only for named modules."""
+    if cfg.top_layers is None or cfg.target_modules != "all-linear":
+        return cfg.target_modules
+    import torch
+
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if isinstance(module, torch.nn.Linear) and ".layers." in name})
+
+
 def prepare_data(settings: Settings, cfg: GeneratorTrainingSettings, workdir: Path, tokenizer) -> dict[str, Any]:
     """Build and store train/validation/test rows in ``workdir/data``; returns the data summary."""
     examples = [ex for path in cfg.chat_files for ex in load_chat_jsonl(path)]
@@ -139,7 +161,8 @@ def prepare_data(settings: Settings, cfg: GeneratorTrainingSettings, workdir: Pa
     refusal = cfg.refusal_answer or infer_refusal(cleaned)
     raft = RaftConfig(settings.retrieval.top_k, cfg.golden_fraction, cfg.no_context_fraction, cfg.seed)
     rows: dict[str, list[TrainingRow]] = {
-        "train": build_rows(splits["train"], retriever, template, tokenizer, raft, refusal),
+        "train": build_rows(splits["train"], retriever, template, tokenizer,
+                            replace(raft, unanswerable_repeats=cfg.unanswerable_repeats), refusal),
         "validation": build_rows(splits["validation"], retriever, template, tokenizer, raft, refusal),
         # The test split is scored base-vs-adapted with the same retrieved context: always the gold variant.
         "test": build_rows([e for e in splits["test"] if e.doc_ids], retriever, template, tokenizer, raft, refusal,
@@ -249,7 +272,8 @@ def train_generator(settings: Settings, cfg: GeneratorTrainingSettings | None = 
         model, _ = load_generator(settings, fresh=True)
         model.train()
     lora = LoraConfig(r=cfg.r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=cfg.target_modules, task_type="CAUSAL_LM")
+                      target_modules=lora_targets(model, cfg), layers_to_transform=top_layers(model, cfg.top_layers),
+                      task_type="CAUSAL_LM")
 
     # --- train
     args = build_sft_config(cfg, workdir / "checkpoints", on_cpu=device == "cpu")
@@ -260,7 +284,10 @@ def train_generator(settings: Settings, cfg: GeneratorTrainingSettings | None = 
     )
     checkpoint = _latest_checkpoint(workdir) if resume else None
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    final_eval = trainer.evaluate()
+    # The best checkpoint's validation loss is already known (it is what was loaded): no second pass over
+    # the validation set, which costs a minute on 2 cores.
+    final_eval = ({"eval_loss": trainer.state.best_metric} if trainer.state.best_metric is not None
+                  else trainer.evaluate())
 
     # --- save
     trainer.model.save_pretrained(str(workdir / "adapter"))
