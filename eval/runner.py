@@ -241,11 +241,11 @@ def worst_answers(items: Sequence[EvalItem], run: SystemRun, scored: Sequence[di
                   n: int = WORST_PER_SYSTEM) -> list[dict[str, Any]]:
     """The ``n`` answers that failed the most checks (ties: lowest token F1), with their context, so a person
     sees why a system scores as it does."""
-    order = sorted(range(len(scored)), key=lambda i: (-len(failed_checks(scored[i]["metrics"])),
-                                                       scored[i]["metrics"]["token_f1"], items[i].id))
+    failed = [failed_checks(s["metrics"]) for s in scored]
+    order = sorted(range(len(scored)), key=lambda i: (-len(failed[i]), scored[i]["metrics"]["token_f1"], items[i].id))
     return [{"id": items[i].id, "question": items[i].question, "gold_doc_ids": items[i].gold_doc_ids,
              "answerable": items[i].answerable, "answer": run.answers[i]["answer"],
-             "failed": failed_checks(scored[i]["metrics"]), "token_f1": round(scored[i]["metrics"]["token_f1"], 3),
+             "failed": failed[i], "token_f1": round(scored[i]["metrics"]["token_f1"], 3),
              "context": [{"doc_id": c["doc_id"], "title": c["title"], "text": c["text"]} for c in run.answers[i]["context"]]}
             for i in order[:n]]
 

@@ -131,12 +131,19 @@ class Retriever:
     def hybrid_many(self, queries: Sequence[str], k: int, filters: Filters | None = None) -> list[list[SearchResult]]:
         """Weighted reciprocal-rank fusion of dense and BM25 lists: score = sum w / (rrf_k + rank), with
         w = 1 for dense and ``bm25_weight`` for BM25 (0 reproduces the dense ranking)."""
+        return self._fuse(*self._hybrid_lists(queries, k, filters), k, self.config.bm25_weight)
+
+    def _hybrid_lists(self, queries: Sequence[str], k: int, filters: Filters | None = None,
+                      ) -> tuple[list[list[SearchResult]], list[list[SearchResult]]]:
         depth = max(4 * k, 20)
+        return self.dense_many(queries, depth, filters), self.bm25_many(queries, depth, filters)
+
+    def _fuse(self, dense_lists: list[list[SearchResult]], sparse_lists: list[list[SearchResult]], k: int,
+              bm25_weight: float) -> list[list[SearchResult]]:
         fused_all = []
-        for dense, sparse in zip(self.dense_many(queries, depth, filters), self.bm25_many(queries, depth, filters),
-                                 strict=True):
+        for dense, sparse in zip(dense_lists, sparse_lists, strict=True):
             scores: dict[int, float] = {}
-            for weight, ranked in ((1.0, dense), (self.config.bm25_weight, sparse)):
+            for weight, ranked in ((1.0, dense), (bm25_weight, sparse)):
                 for rank, r in enumerate(ranked, 1):
                     scores[r.chunk_id] = scores.get(r.chunk_id, 0.0) + weight / (self.config.rrf_k + rank)
             best = sorted(scores.items(), key=lambda item: item[1], reverse=True)[:k]
@@ -179,11 +186,10 @@ def tune_bm25_weight(
     """
     from retrieval.metrics import retrieval_metrics
 
+    lists = retriever._hybrid_lists(list(queries), 20)  # searched once, fused once per weight
     scores = {}
     for weight in grid:
-        tuned = Retriever(retriever.version, retriever.embedder,
-                          retriever.config.model_copy(update={"bm25_weight": weight}))
-        ranked = [doc_ranking(r) for r in tuned.search_many(list(queries), k=20, mode="hybrid")]
+        ranked = [doc_ranking(r) for r in retriever._fuse(*lists, 20, weight)]
         scores[weight] = round(retrieval_metrics(ranked, gold)["ndcg@10"], 4)
     best = max(sorted(scores), key=lambda w: (scores[w], -w))
     return best, scores
