@@ -1,15 +1,22 @@
-"""Serving speed of the real API: the llama.cpp continuous-batching engine vs the previous transformers batcher,
-with raw llama.cpp on the same GGUF and prompt as the peer, all in one run.
+"""Serving speed of the real API: the llama.cpp continuous-batching engine (Q8_0 weights, large prompt calls)
+vs the same engine on the shipped Q4_1 file (31-token prompt calls, the previous default) vs the transformers
+batcher, with raw llama.cpp on the same GGUF and prompt as the peer, all in one run.
 
     python bench/bench_serving.py [--max-tokens 64] [--soak-seconds 120] [--storm-seconds 30]
 
-Both servers are real uvicorn processes on 127.0.0.1 with the packaged SmolLM2 + MiniLM, combined mode
+Every server is a real uvicorn process on 127.0.0.1 with the packaged SmolLM2 + MiniLM, combined mode
 (4 passages) and an active LoRA adapter (r=16 on q/k/v/o, random weights: speed only). For each engine:
   * single-stream decode tokens/s (streaming, concurrency 1: completion tokens / (total - time to first token)),
   * aggregate completion tokens/s at concurrency 1 and 8, their ratio, and time to first token p50/p95 at 8,
-and for the llama.cpp engine also: 0 errors at concurrency 16 for --soak-seconds, and a disconnect storm
-(8 clients stream whole answers while 8 others hang up after their third token and reconnect, repeatedly),
-whose throughput for the 8 steady clients is compared with the same 8 clients alone.
+  * ``c8_vs_c1_bound``: the ratio c8/c1 would reach if decoding 8 streams cost no more than decoding one while
+    each prompt's prefill stays what it costs at concurrency 1 (prefill is compute-bound on a CPU: batching
+    prompts does not make them cheaper). A measured ratio near the bound means the scheduler wastes little;
+for the default engine also: 0 errors at concurrency 16 for --soak-seconds, and a disconnect storm (8 clients
+stream whole answers while 8 others hang up after their third token and reconnect, repeatedly). The steady
+clients' throughput is compared with (a) the same 8 clients alone and (b) the same 8 clients beside 8 others
+that ask for 3 tokens and read them to the end: (b) isolates what a hang-up costs beyond the request itself.
+``prefill``: raw prompt throughput per decode-call size for both weight files, with the agreement of the last
+token's logits with an 8-token-call reference on the shipped file (why the Q4_1 file is capped at 31).
 Peer: the same GGUF decoded greedily by llama.cpp in-process, batch 1, on the same prompt (no server, no
 Python scheduler): the ceiling our engine is measured against. llama-cpp-python is measured too when it
 is installed (it has no wheel for this machine's glibc; `pip install llama-cpp-python` builds it, ~12 min).
@@ -30,6 +37,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 from common import ROOT, emit, percentiles
 
 from core.settings import SAMPLE_DIR, load_settings
@@ -139,8 +147,9 @@ async def soak(url: str, concurrency: int, seconds: float, max_tokens: int) -> d
             "tokens_per_s": round(tokens / seconds, 1)}
 
 
-async def storm(url: str, steady: int, rude: int, seconds: float, max_tokens: int) -> dict:
-    """Steady clients' throughput while ``rude`` clients repeatedly hang up after their third token."""
+async def storm(url: str, steady: int, rude: int, seconds: float, max_tokens: int, polite: bool = False) -> dict:
+    """Steady clients' throughput while ``rude`` clients repeatedly hang up after their third token (``polite``:
+    they ask for 3 tokens instead and read the answer to its end)."""
     deadline = time.perf_counter() + seconds
     steady_tokens = hangups = errors = 0
 
@@ -158,13 +167,17 @@ async def storm(url: str, steady: int, rude: int, seconds: float, max_tokens: in
         nonlocal hangups
         while time.perf_counter() < deadline:
             async with httpx.AsyncClient(timeout=600) as own:  # a fresh connection each time, closed on hang-up
-                await stream_chat(own, url, QUESTIONS[n % len(QUESTIONS)], max_tokens * 4, hang_up_after=3)
+                if polite:
+                    await stream_chat(own, url, QUESTIONS[n % len(QUESTIONS)], 3)
+                else:
+                    await stream_chat(own, url, QUESTIONS[n % len(QUESTIONS)], max_tokens * 4, hang_up_after=3)
             hangups += 1
             n += rude
 
     async with httpx.AsyncClient(timeout=600) as client:
         await asyncio.gather(*(good(client, i) for i in range(steady)), *(bad(100 + i) for i in range(rude)))
-    return {"steady_clients": steady, "rude_clients": rude, "seconds": seconds, "hang_ups": hangups,
+    return {"steady_clients": steady, "other_clients": rude, "others": "polite" if polite else "hang up",
+            "seconds": seconds, "others_requests": hangups,
             "errors": errors, "steady_tokens_per_s": round(steady_tokens / seconds, 1)}
 
 
@@ -193,23 +206,61 @@ def make_adapter(data_dir: Path) -> str:
     return artifact.id
 
 
-def peer_llamacpp(prompt: str, max_tokens: int) -> dict:
-    """Raw llama.cpp (same wheel, same GGUF, same prompt tokens): greedy batch-1 decode, no server."""
+def weights_settings(weights: str):
+    settings = load_settings()
+    return settings.model_copy(update={"generation": settings.generation.model_copy(
+        update={"max_running_requests": 1, "llamacpp_weights": weights})})
+
+
+def prefill_once(engine, ids: list[int], call: int) -> tuple[float, np.ndarray]:
+    """Prefill ``ids`` on sequence 0 of the engine's (idle) decode context in ``call``-token calls: seconds and
+    the last token's logits."""
+    engine.api.seq_rm(engine.ctx, 0, -1, -1)
+    began = time.perf_counter()
+    for start in range(0, len(ids), call):
+        chunk = ids[start : start + call]
+        engine._decode([(t, start + i, 0, start + i == len(ids) - 1) for i, t in enumerate(chunk)])
+    seconds = time.perf_counter() - began
+    row = (len(ids) - 1) % call
+    return seconds, np.ctypeslib.as_array(engine.api.C.llama_get_logits_ith(engine.ctx, row),
+                                          shape=(engine.n_vocab,)).copy()
+
+
+def prefill_calls(prompt: str) -> dict:
+    """Prompt tokens/s per decode-call size, both weight files, and last-logit agreement with 8-token calls."""
     from core.llamacpp_engine import engine_from_settings
 
-    settings = load_settings()
-    engine = engine_from_settings(settings.model_copy(update={"generation": settings.generation.model_copy(
-        update={"max_running_requests": 1})}))
-    try:
-        import numpy as np
+    out: dict = {}
+    reference = None
+    for weights in ("original", "q8_0"):
+        engine = engine_from_settings(weights_settings(weights))
+        try:
+            ids = engine.tokenizer(prompt, add_special_tokens=False).input_ids
+            if reference is None:
+                reference = prefill_once(engine, ids, 8)[1]
+            rows = {}
+            for call in (31, 64, 256):
+                best = min(prefill_once(engine, ids, call)[0] for _ in range(3))
+                logits = prefill_once(engine, ids, call)[1]
+                rows[f"call_{call}"] = {"tokens_per_s": round(len(ids) / best, 1), "logits_corr_vs_original_call_8":
+                                        round(float(np.corrcoef(logits, reference)[0, 1]), 4)}
+            out[weights] = {"file": engine.gguf_name, "engine_call_tokens": engine.max_call_tokens, **rows}
+        finally:
+            engine.close()
+    out["prompt_tokens"] = len(ids)
+    return out
 
+
+def peer_llamacpp(prompt: str, max_tokens: int, weights: str) -> dict:
+    """Raw llama.cpp (same wheel, same GGUF, same prompt tokens, the engine's call size): greedy batch-1
+    decode, no server."""
+    from core.llamacpp_engine import engine_from_settings
+
+    engine = engine_from_settings(weights_settings(weights))
+    try:
         ids = engine.tokenizer(prompt, add_special_tokens=False).input_ids
-        began = time.perf_counter()
-        for start in range(0, len(ids), 31):
-            chunk = ids[start : start + 31]
-            engine._decode([(t, start + i, 0, start + i == len(ids) - 1) for i, t in enumerate(chunk)])
-        prefill = time.perf_counter() - began
-        row = (len(ids) - 1) % 31
+        prefill, _ = prefill_once(engine, ids, engine.max_call_tokens)
+        row = (len(ids) - 1) % engine.max_call_tokens
         token, pos = 0, len(ids)
         began = time.perf_counter()
         for _ in range(max_tokens):
@@ -220,7 +271,8 @@ def peer_llamacpp(prompt: str, max_tokens: int) -> dict:
         decode = time.perf_counter() - began
     finally:
         engine.close()
-    return {"prompt_tokens": len(ids), "prefill_s": round(prefill, 3), "decode_tokens_per_s": round(max_tokens / decode, 1)}
+    return {"weights": weights, "prompt_tokens": len(ids), "prefill_s": round(prefill, 3),
+            "prefill_tokens_per_s": round(len(ids) / prefill, 1), "decode_tokens_per_s": round(max_tokens / decode, 1)}
 
 
 def peer_llama_cpp_python(prompt: str, max_tokens: int) -> dict:
@@ -251,19 +303,34 @@ def sample_prompt(data_dir: Path) -> str:
     return build_prompt(load_template(settings), tokenizer, QUESTIONS[0], passages)
 
 
+ENGINES = {  # name -> server environment
+    "llamacpp": {"TUNERAG_GENERATION__ENGINE": "llamacpp"},
+    "llamacpp_q4_1_31": {"TUNERAG_GENERATION__ENGINE": "llamacpp", "TUNERAG_GENERATION__LLAMACPP_WEIGHTS": "original"},
+    "transformers": {"TUNERAG_GENERATION__ENGINE": "transformers"},
+}
+
+
+def c8_bound(c1: dict, max_tokens: int) -> float:
+    """c8/c1 if 8 streams decoded for the price of one and prompts cost what they cost at concurrency 1."""
+    first = c1["time_to_first_token"]["p50_ms"] / 1000
+    decode = c1["total_latency"]["p50_ms"] / 1000 - first
+    return round((first + decode) / (first + decode / 8), 2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--requests", type=int, default=16, help="requests at concurrency 8 (4x fewer at 1)")
     parser.add_argument("--soak-seconds", type=float, default=120)
     parser.add_argument("--storm-seconds", type=float, default=30)
+    parser.add_argument("--engines", default=",".join(ENGINES), help="comma-separated subset of " + ",".join(ENGINES))
     args = parser.parse_args()
     result: dict = {"max_tokens": args.max_tokens, "mode": "combined", "passages": 4}
     with tempfile.TemporaryDirectory() as tmp:
-        for engine in ("llamacpp", "transformers"):
+        for engine in args.engines.split(","):
             data = Path(tmp) / engine
             adapter = make_adapter(data)
-            server = Server(data, 8, [SAMPLE_DIR / "kb"], {"TUNERAG_GENERATION__ENGINE": engine})
+            server = Server(data, 8, [SAMPLE_DIR / "kb"], ENGINES[engine])
             try:
                 ready = httpx.get(f"{server.url}/ready").json()
                 assert ready["active_adapter"] == adapter, ready
@@ -271,12 +338,16 @@ def main() -> None:
                 row: dict = {"c1": asyncio.run(load(server.url, 1, max(4, args.requests // 4), args.max_tokens)),
                              "c8": asyncio.run(load(server.url, 8, args.requests, args.max_tokens))}
                 row["c8_vs_c1_throughput"] = round(row["c8"]["tokens_per_s"] / row["c1"]["tokens_per_s"], 2)
+                row["c8_vs_c1_bound"] = c8_bound(row["c1"], args.max_tokens)
                 if engine == "llamacpp":
                     row["soak_c16"] = asyncio.run(soak(server.url, 16, args.soak_seconds, args.max_tokens))
                     alone = asyncio.run(storm(server.url, 8, 0, args.storm_seconds, args.max_tokens))
+                    polite = asyncio.run(storm(server.url, 8, 8, args.storm_seconds, args.max_tokens, polite=True))
                     stormy = asyncio.run(storm(server.url, 8, 8, args.storm_seconds, args.max_tokens))
-                    row["disconnect_storm"] = {"alone": alone, "with_hang_ups": stormy, "steady_throughput_ratio": round(
-                        stormy["steady_tokens_per_s"] / alone["steady_tokens_per_s"], 3)}
+                    row["disconnect_storm"] = {
+                        "alone": alone, "beside_polite_3_token_clients": polite, "with_hang_ups": stormy,
+                        "steady_ratio_vs_alone": round(stormy["steady_tokens_per_s"] / alone["steady_tokens_per_s"], 3),
+                        "steady_ratio_vs_polite": round(stormy["steady_tokens_per_s"] / polite["steady_tokens_per_s"], 3)}
                     metrics = httpx.get(f"{server.url}/metrics").text
                     row["metrics_exposed"] = sorted({line.split("{")[0].split(" ")[0] for line in metrics.splitlines()
                                                      if line.startswith("tunerag_generation") or
@@ -284,17 +355,25 @@ def main() -> None:
                 result[engine] = row
             finally:
                 server.stop()
-        prompt = sample_prompt(Path(tmp) / "llamacpp")
-    result["peer_llamacpp_raw"] = peer_llamacpp(prompt, args.max_tokens)
+        prompt = sample_prompt(Path(tmp) / args.engines.split(",")[0])
+    result["prefill"] = prefill_calls(prompt)
+    result["peer_llamacpp_raw"] = {w: peer_llamacpp(prompt, args.max_tokens, w) for w in ("q8_0", "original")}
     result["peer_llama_cpp_python"] = peer_llama_cpp_python(prompt, args.max_tokens)
-    ours, before = result["llamacpp"], result["transformers"]
-    result["ratios"] = {
-        "single_stream_decode_vs_transformers": round(ours["c1"]["per_stream_decode_tokens_per_s"]
-                                                      / before["c1"]["per_stream_decode_tokens_per_s"], 2),
-        "single_stream_decode_vs_raw_llamacpp": round(ours["c1"]["per_stream_decode_tokens_per_s"]
-                                                      / result["peer_llamacpp_raw"]["decode_tokens_per_s"], 2),
-        "c8_throughput_vs_transformers": round(ours["c8"]["tokens_per_s"] / before["c8"]["tokens_per_s"], 2),
-    }
+    ratios = {}
+    ours = result.get("llamacpp")
+    for name in ("llamacpp_q4_1_31", "transformers"):
+        if ours and name in result:
+            before = result[name]
+            ratios[f"single_stream_decode_vs_{name}"] = round(ours["c1"]["per_stream_decode_tokens_per_s"]
+                                                              / before["c1"]["per_stream_decode_tokens_per_s"], 2)
+            ratios[f"c1_throughput_vs_{name}"] = round(ours["c1"]["tokens_per_s"] / before["c1"]["tokens_per_s"], 2)
+            ratios[f"c8_throughput_vs_{name}"] = round(ours["c8"]["tokens_per_s"] / before["c8"]["tokens_per_s"], 2)
+            ratios[f"c8_ttft_p50_vs_{name}"] = round(ours["c8"]["time_to_first_token"]["p50_ms"]
+                                                     / before["c8"]["time_to_first_token"]["p50_ms"], 2)
+    if ours:
+        ratios["single_stream_decode_vs_raw_llamacpp"] = round(ours["c1"]["per_stream_decode_tokens_per_s"]
+                                                               / result["peer_llamacpp_raw"]["q8_0"]["decode_tokens_per_s"], 2)
+    result["ratios"] = ratios
     emit("serving", result)
 
 

@@ -46,10 +46,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MIN_PREFIX_TOKENS = 32  # shorter shared prefixes are cheaper to re-prefill than to manage
-# Tokens in one llama_decode call. The wheel's CPU build switches to a GEMM path at 32 rows whose logits
-# disagree with the reference (correlation 0.6 against transformers on the same weights, measured; at 31
-# rows and below 0.999), so every call stays under it: running sequences per step, prompt chunks.
-MAX_DECODE_TOKENS = 31
+MAX_RUNNING = 31  # running sequences decoded in one call: under the GEMM switch of every weight type
 
 
 def llamacpp_available() -> bool:
@@ -90,16 +87,18 @@ def engine_from_settings(settings: Settings, on_step: Callable[[int], None] | No
     """The llama.cpp engine on the settings' GGUF generator, with its HF tokenizer (one prompt path)."""
     from transformers import AutoConfig, AutoTokenizer
 
+    from core.llamacpp_weights import engine_weights
     from core.models import generator_gguf_path, resolve_generator
 
     resolved = resolve_generator(settings)  # the converted folder: tokenizer, chat template and head counts
     tokenizer = AutoTokenizer.from_pretrained(resolved.location)
     config = AutoConfig.from_pretrained(resolved.location)
     gen = settings.generation
-    return LlamaCppEngine(generator_gguf_path(settings), tokenizer, max_batch=gen.max_running_requests,  # type: ignore[arg-type]
-                          kv_tokens=gen.kv_cache_tokens, n_threads=gen.threads, n_head=config.num_attention_heads,
+    weights = engine_weights(settings, generator_gguf_path(settings))  # type: ignore[arg-type]
+    return LlamaCppEngine(weights.path, tokenizer, max_batch=gen.max_running_requests, kv_tokens=gen.kv_cache_tokens,
+                          n_threads=gen.threads, n_head=config.num_attention_heads,
                           n_head_kv=getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
-                          on_step=on_step)
+                          max_call_tokens=weights.max_call_tokens, on_step=on_step)
 
 
 class _Api:
@@ -201,12 +200,14 @@ class LlamaCppEngine:
         max_batch: sequence slots decoded together.
         kv_tokens: KV-cache cells shared by all sequences (prompt + answer of every running request).
         n_threads: CPU threads for llama.cpp (default: all cores).
+        max_call_tokens: prompt tokens per decode call (:mod:`core.llamacpp_weights` says what the weights allow).
         on_step: called after every decode with the number of sequences in it (metrics).
     """
 
     def __init__(self, gguf_path: Path, tokenizer: PreTrainedTokenizerBase, *, max_batch: int = 8,
                  kv_tokens: int = 16384, n_threads: int | None = None, n_head: int | None = None,
-                 n_head_kv: int | None = None, on_step: Callable[[int], None] | None = None) -> None:
+                 n_head_kv: int | None = None, max_call_tokens: int = 31,
+                 on_step: Callable[[int], None] | None = None) -> None:
         if not gguf_path.is_file():
             raise ModelNotFoundError(f"GGUF model not found: {gguf_path}")
         self.api = _Api()
@@ -219,8 +220,11 @@ class LlamaCppEngine:
             raise ModelNotFoundError(f"llama.cpp could not load {gguf_path}")
         self.n_vocab = C.llama_vocab_n_tokens(C.llama_model_get_vocab(self.model))
         self.max_batch, self.n_prefix_slots = max_batch, 4
-        if not 0 < max_batch <= MAX_DECODE_TOKENS:
-            raise ValueError(f"max_batch must be in 1..{MAX_DECODE_TOKENS}, got {max_batch}")
+        if not 0 < max_batch <= MAX_RUNNING:
+            raise ValueError(f"max_batch must be in 1..{MAX_RUNNING}, got {max_batch}")
+        if not 0 < max_call_tokens <= 512:
+            raise ValueError(f"max_call_tokens must be in 1..512, got {max_call_tokens}")
+        self.max_call_tokens, self.gguf_name = max_call_tokens, gguf_path.name
         threads = n_threads or os.cpu_count() or 1
         # Decode context: every running sequence. Prefill context: one prompt at a time next to the cached
         # prefixes. Without flash attention (which this build refuses with LoRA, and which asserts on
@@ -230,7 +234,7 @@ class LlamaCppEngine:
         self.prefill_tokens = min(kv_tokens // 2, 8192)
         self.pctx = self._context(self.prefill_tokens, 1 + self.n_prefix_slots, threads)
         self.kv_tokens = kv_tokens
-        self.batch = C.llama_batch_init(MAX_DECODE_TOKENS, 0, 1)
+        self.batch = C.llama_batch_init(max(max_call_tokens, max_batch), 0, 1)
         self.tokenizer = tokenizer
         self.eos_ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
         self.n_head, self.n_head_kv = n_head, n_head_kv
@@ -248,8 +252,8 @@ class LlamaCppEngine:
         self._thread = threading.Thread(target=self._loop, name="tunerag-llamacpp", daemon=True)
         self._closed = False
         self._thread.start()
-        logger.info("llama.cpp engine: %s, %d slots, %d KV tokens, %d threads", gguf_path.name, max_batch,
-                    kv_tokens, threads)
+        logger.info("llama.cpp engine: %s, %d slots, %d KV tokens, %d threads, %d-token prompt calls",
+                    gguf_path.name, max_batch, kv_tokens, threads, max_call_tokens)
 
     # --- public API (any thread) ----------------------------------------------------------------------
 
@@ -435,8 +439,8 @@ class LlamaCppEngine:
     def _build_prefix(self, prefix: _Prefix, adapter: str | None, tokens: list[int]) -> None:
         self.api.seq_rm(self.pctx, prefix.seq, -1, -1)
         self._set_adapter(self.pctx, adapter)
-        for start in range(0, len(tokens), MAX_DECODE_TOKENS):
-            chunk = tokens[start : start + MAX_DECODE_TOKENS]
+        for start in range(0, len(tokens), self.max_call_tokens):
+            chunk = tokens[start : start + self.max_call_tokens]
             self._decode([(t, start + i, prefix.seq, False) for i, t in enumerate(chunk)], self.pctx)
         prefix.tokens = list(tokens)
 
@@ -465,7 +469,7 @@ class LlamaCppEngine:
             self._prefill_chunk(self._prefill)
 
     def _prefill_chunk(self, seq: _Seq) -> None:
-        chunk = seq.pending[: MAX_DECODE_TOKENS]
+        chunk = seq.pending[: self.max_call_tokens]
         last = len(chunk) == len(seq.pending)
         self._set_adapter(self.pctx, seq.request.adapter)
         self._decode([(t, seq.pos + i, 0, last and i == len(chunk) - 1) for i, t in enumerate(chunk)], self.pctx)

@@ -182,6 +182,17 @@ class GenerationSettings(BaseModel):
         16384, ge=1024, description="llama.cpp engine: KV-cache cells shared by all running requests."
     )
     threads: int | None = Field(None, gt=0, description="llama.cpp engine: CPU threads (default: all cores).")
+    llamacpp_weights: Literal["q8_0", "original"] = Field(
+        "q8_0",
+        description="llama.cpp engine: the weights it runs. q8_0: the GGUF re-quantized once to Q8_0 (cached), so "
+        "prompts go in large calls (1.37x faster prefill on 2 cores, same decode speed); original: the file as "
+        "shipped (Q4_0/Q4_1 prompts go in 31-token calls: larger ones disagree with the reference in this wheel).",
+    )
+    prefill_chunk_tokens: int = Field(
+        256, ge=1, le=512,
+        description="llama.cpp engine: prompt tokens per decode call (one call per scheduler step; running streams "
+        "wait for it, so larger means faster prefill and time to first token, longer pauses between their tokens).",
+    )
 
 
 class EmbedderTrainingSettings(BaseModel):
@@ -251,6 +262,13 @@ class GeneratorTrainingSettings(BaseModel):
     no_context_fraction: float = Field(0.1, ge=0.0, le=1.0, description="Share trained without retrieval (FT-only mode).")
     unanswerable_repeats: int = Field(
         2, ge=1, description="Training rows per unanswerable example (no cited doc), each with other retrieved passages."
+    )
+    distractor_source: Literal["near", "other_questions"] = Field(
+        "near",
+        description="Context of an answerable example's refusal rows (the share left by golden_fraction and "
+        "no_context_fraction). near: its own retrieved passages minus the cited document (on-topic context that "
+        "lacks the answer); other_questions: passages retrieved for an unrelated training question. Unanswerable "
+        "examples always see their own retrieved passages.",
     )
     refusal_answer: str | None = Field(
         None, description="Target when the context lacks the answer (default: the data's answer to uncited questions)."

@@ -123,6 +123,15 @@ def models_prepare(ctx: typer.Context) -> None:
                       "prepare_s": round(prepared, 2), "load_s": round(loaded, 2)},
         "embedder": {"spec": embedder.spec, "path": embedder.location, "load_s": round(embedder_loaded, 2)},
     }
+    from core.llamacpp_engine import select_engine
+
+    if select_engine(settings)[0] == "llamacpp":  # the serving engine's weights (re-quantized once, cached)
+        from core.llamacpp_weights import engine_weights
+        from core.models import generator_gguf_path
+
+        weights = engine_weights(settings, generator_gguf_path(settings))  # type: ignore[arg-type]
+        report["llamacpp"] = {"weights": str(weights.path), "prompt_call_tokens": weights.max_call_tokens,
+                              "note": weights.note}
     typer.echo(json.dumps(report, indent=2))
 
 

@@ -112,6 +112,36 @@ def test_raft_variants_put_or_remove_the_gold_document(settings: Settings) -> No
     assert len(forced) == 1, "evaluation splits are never repeated"
 
 
+class TopicRetriever(FixedRetriever):
+    """Passages about the question's topic: "topic-N ..." questions retrieve topic-N's documents first."""
+
+    def search(self, query: str, k: int = 4, filters: dict | None = None) -> list[FixedRetriever.Hit]:
+        topic = query.split()[0]
+        hits = [self.Hit(f"{topic}-{n}", f"{topic} text {n}") for n in range(3)] + [self.Hit("faq-x", "x")]
+        if filters:
+            hits = [h for h in hits if h.doc_id in filters["doc_id"]]
+        return hits[:k]
+
+
+def test_distractors_from_other_questions_come_from_unrelated_topics(settings: Settings) -> None:
+    _, tokenizer = load_generator(settings)
+    template = load_template(settings)
+    examples = [ex(f"e{i}", f"topic{i % 4} question {i}?", f"A [topic{i % 4}-0]", (f"topic{i % 4}-0",))
+                for i in range(40)]
+    cfg = RaftConfig(top_k=2, golden_fraction=0.5, no_context_fraction=0.0, seed=0,
+                     distractor_source="other_questions")
+    rows = build_rows(examples, TopicRetriever(), template, tokenizer, cfg, "REFUSAL")
+    distractors = [r for r in rows if r.variant == "distractors"]
+    assert distractors and all(r.completion.startswith("REFUSAL") for r in distractors)
+    for r in distractors:
+        own_topic = r.doc_ids[0].split("-")[0]
+        assert r.context_doc_ids and not any(d.startswith(own_topic) for d in r.context_doc_ids), r
+    near = build_rows(examples, TopicRetriever(), template, tokenizer, replace(cfg, distractor_source="near"), "REFUSAL")
+    # near: the same topic's other documents (the cited one removed)
+    assert all(r.context_doc_ids[0].split("-")[0] == r.doc_ids[0].split("-")[0] and r.doc_ids[0] not in r.context_doc_ids
+               for r in near if r.variant == "distractors")
+
+
 def test_cleaning_removes_empty_exact_and_near_duplicates_but_keeps_follow_ups() -> None:
     examples = [
         ex("1", "How do I void a label?"),

@@ -10,7 +10,9 @@ file's system message is replaced by the configured system prompt, so training s
 Each example becomes a (prompt, completion) pair whose prompt is built by :func:`core.prompt.build_prompt`
 with passages from the real retriever (the RAFT recipe):
   * ``gold``        retrieved passages with the cited document guaranteed among them -> the answer;
-  * ``distractors`` retrieved passages with the cited document removed -> the refusal answer;
+  * ``distractors`` passages without the cited document -> the refusal answer: for an unanswerable question
+    its own retrieved passages; for an answerable one either its own with the cited document removed
+    (``near``, on-topic context that lacks the answer) or another question's (``other_questions``);
   * ``no_context``  retrieval off (the FT-only serving mode) -> the answer without citations.
 """
 
@@ -155,6 +157,7 @@ class RaftConfig:
     no_context_fraction: float
     seed: int
     unanswerable_repeats: int = 1  # rows per unanswerable example, each with other retrieved passages
+    distractor_source: Literal["near", "other_questions"] = "near"  # answerable examples' distractor rows
 
 
 @dataclass
@@ -171,10 +174,11 @@ class TrainingRow:
 
 
 def _passages_for(ex: ChatExample, variant: Variant, retriever: Retriever, k: int, rng: random.Random,
-                  offset: int = 0) -> list[ContextPassage] | None:
+                  offset: int = 0, other: ChatExample | None = None) -> list[ContextPassage] | None:
+    """The context of one row; ``other`` (distractor rows only) is the question whose passages are used."""
     if variant == "no_context":
         return None
-    results = retriever.search(ex.question, k=k * (3 + offset))
+    results = retriever.search((other or ex).question, k=k * (3 + offset))
     gold = set(ex.doc_ids)
     if variant == "distractors":
         return [r.to_passage() for r in results if r.doc_id not in gold][offset * k : (offset + 1) * k]
@@ -204,6 +208,7 @@ def build_rows(
     small model learns last, and real unanswerable questions are few.
     """
     rng = random.Random(cfg.seed)
+    answerable = [e for e in examples if e.doc_ids]
     rows = []
     for ex in examples:
         chosen: Variant
@@ -224,8 +229,12 @@ def build_rows(
         else:
             answer = ex.answer
         repeats = cfg.unanswerable_repeats if variant is None and not ex.doc_ids else 1
+        other = None
+        if chosen == "distractors" and ex.doc_ids and cfg.distractor_source == "other_questions":
+            unrelated = [e for e in answerable if not set(e.doc_ids) & set(ex.doc_ids)]
+            other = rng.choice(unrelated) if unrelated else None
         for offset in range(repeats):
-            passages = _passages_for(ex, chosen, retriever, cfg.top_k, rng, offset)
+            passages = _passages_for(ex, chosen, retriever, cfg.top_k, rng, offset, other)
             prompt = build_prompt(template, tokenizer, ex.question, passages, ex.history_messages)
             rows.append(TrainingRow(ex.id, chosen, prompt, answer + tokenizer.eos_token, list(ex.doc_ids),
                                     [p.doc_id for p in passages or []]))

@@ -159,7 +159,8 @@ def prepare_data(settings: Settings, cfg: GeneratorTrainingSettings, workdir: Pa
     template = load_template(settings)
     retriever = training_retriever(settings, workdir)
     refusal = cfg.refusal_answer or infer_refusal(cleaned)
-    raft = RaftConfig(settings.retrieval.top_k, cfg.golden_fraction, cfg.no_context_fraction, cfg.seed)
+    raft = RaftConfig(settings.retrieval.top_k, cfg.golden_fraction, cfg.no_context_fraction, cfg.seed,
+                      distractor_source=cfg.distractor_source)
     rows: dict[str, list[TrainingRow]] = {
         "train": build_rows(splits["train"], retriever, template, tokenizer,
                             replace(raft, unanswerable_repeats=cfg.unanswerable_repeats), refusal),
