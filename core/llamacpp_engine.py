@@ -1,17 +1,18 @@
 """Continuous-batching generation on llama.cpp: one decode loop for every request, streaming or not.
 
-The engine runs the packaged GGUF with the ik_llama.cpp wheel (prebuilt, CPU-optimised llama.cpp; no
-compile in ``make setup``). One thread owns the llama.cpp context, so two generations can never run on the
-same model state at once; callers only submit requests and receive events.
+The engine runs the packaged GGUF (a Q8_0 copy of it by default) with the ik_llama.cpp wheel (prebuilt,
+CPU-optimised llama.cpp; no compile in ``make setup``). One thread owns the llama.cpp context, so two
+generations can never run on the same model state at once; callers only submit requests and receive events.
 
 Two llama.cpp contexts share the model weights: a decode context holding every running sequence, and a
 small prefill context where one prompt at a time is decoded next to the cached shared prefixes. Each step:
   * frees the slots of cancelled requests, and starts prefilling the oldest waiting request when a slot and
     KV-cache room are free (room for prompt + answer is reserved up front, so a decode never runs out);
+  * decodes the next chunk of the prompt being prefilled (``generation.prefill_chunk_tokens`` per call, 31 on
+    Q4_0/Q4_1 files: :mod:`core.llamacpp_weights`); when it is complete, its first token is sampled and its
+    KV moves into the decode context (``llama_state_seq_get/set_data``), where it joins this step's decode;
   * for each adapter that has running sequences (adapters are applied per context, so rows of different
     adapters cannot share one ``llama_decode``): sets the adapter and decodes every such sequence's next token;
-  * decodes the next chunk of the prompt being prefilled; when it is complete, its KV moves into the decode
-    context (``llama_state_seq_get/set_data``) and it runs from the next step on;
   * samples (greedy, or temperature/top-p, with the same repetition penalty as transformers), sends the new
     text to the request, and finishes requests at EOS or ``max_new_tokens``.
 
@@ -450,6 +451,8 @@ class LlamaCppEngine:
         if self._prefill is not None and self._prefill.request.cancelled.is_set():
             self._finish(self._prefill, _cancelled())
         self._admit()
+        if self._prefill is not None:  # the prompt being prefilled advances one call first: time to first token
+            self._prefill_chunk(self._prefill)
         groups: dict[str | None, list[_Seq]] = {}
         for seq in self._running.values():
             groups.setdefault(seq.request.adapter, []).append(seq)
@@ -465,8 +468,6 @@ class LlamaCppEngine:
                 self.on_step(len(seqs))
             for seq in seqs:
                 self._advance(seq, self.ctx)
-        if self._prefill is not None:  # and the prompt being prefilled advances one chunk
-            self._prefill_chunk(self._prefill)
 
     def _prefill_chunk(self, seq: _Seq) -> None:
         chunk = seq.pending[: self.max_call_tokens]
