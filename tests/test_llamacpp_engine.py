@@ -73,18 +73,32 @@ def common_prefix_tokens(tokenizer, a: str, b: str) -> int:
 
 def test_greedy_answers_match_transformers_on_a_fixed_prompt_set(engine: LlamaCppEngine, real_settings: Settings) -> None:
     """Nearly the same weights (transformers runs the shipped Q4_1 de-quantized, llama.cpp a Q8_0 copy of them)
-    and different kernels (llama.cpp quantizes activations): the first tokens agree; where two candidates are
-    nearly tied, later tokens may not (see bench/RESULTS.md for the measured agreement)."""
+    and different kernels (llama.cpp quantizes activations): the answers may part only where transformers
+    itself nearly ties, i.e. the engine's token is one of its top two and within 0.5 of the best logit (a wrong
+    position, rotary layout or adapter parts them with gaps of several logits). Measured agreement over 20
+    questions: bench/RESULTS.md."""
+    import torch
+
     from core.models import load_generator
 
     model, tokenizer = load_generator(real_settings)
-    agreed = []
+    penalty = real_settings.generation.repetition_penalty
     for prompt in prompts(real_settings, engine.tokenizer):
         ours = run(engine, prompt)
         theirs = generate(model, tokenizer, [prompt], real_settings.generation, max_new_tokens=24)[0]
         assert isinstance(ours, Generation) and ours.completion_tokens == theirs.completion_tokens == 24
-        agreed.append(common_prefix_tokens(tokenizer, ours.text, theirs.text))
-    assert min(agreed) >= 4 and sum(agreed) / len(agreed) >= 12, agreed
+        a, b = tokenizer(ours.text).input_ids, tokenizer(theirs.text).input_ids
+        d = common_prefix_tokens(tokenizer, ours.text, theirs.text)
+        if d >= min(len(a), len(b)) - 1:  # the same answer (up to the last, possibly cut, token)
+            continue
+        context = tokenizer(prompt, add_special_tokens=False).input_ids + b[:d]
+        with torch.no_grad():
+            logits = model(torch.tensor([context])).logits[0, -1]
+        for token in set(b[:d]):  # the answer-only repetition penalty both engines apply
+            logits[token] = logits[token] / penalty if logits[token] > 0 else logits[token] * penalty
+        top2 = torch.topk(logits, 2).indices.tolist()
+        gap = float(logits.max() - logits[a[d]])
+        assert a[d] in top2 and gap <= 0.5, (prompt[-80:], ours.text, theirs.text, d, gap)
 
 
 def test_peft_adapter_exported_to_gguf_gives_the_same_answers(engine: LlamaCppEngine, real_settings: Settings,
