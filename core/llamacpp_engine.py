@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 
 MIN_PREFIX_TOKENS = 32  # shorter shared prefixes are cheaper to re-prefill than to manage
 MAX_RUNNING = 31  # running sequences decoded in one call: under the GEMM switch of every weight type
+MAX_CALL_TOKENS = 512  # the contexts' n_batch: the most tokens one llama_decode call can carry
 
 
 def llamacpp_available() -> bool:
@@ -223,8 +224,8 @@ class LlamaCppEngine:
         self.max_batch, self.n_prefix_slots = max_batch, 4
         if not 0 < max_batch <= MAX_RUNNING:
             raise ValueError(f"max_batch must be in 1..{MAX_RUNNING}, got {max_batch}")
-        if not 0 < max_call_tokens <= 512:
-            raise ValueError(f"max_call_tokens must be in 1..512, got {max_call_tokens}")
+        if not 0 < max_call_tokens <= MAX_CALL_TOKENS:
+            raise ValueError(f"max_call_tokens must be in 1..{MAX_CALL_TOKENS}, got {max_call_tokens}")
         self.max_call_tokens, self.gguf_name = max_call_tokens, gguf_path.name
         threads = n_threads or os.cpu_count() or 1
         # Decode context: every running sequence. Prefill context: one prompt at a time next to the cached
@@ -235,7 +236,7 @@ class LlamaCppEngine:
         self.prefill_tokens = min(kv_tokens // 2, 8192)
         self.pctx = self._context(self.prefill_tokens, 1 + self.n_prefix_slots, threads)
         self.kv_tokens = kv_tokens
-        self.batch = C.llama_batch_init(max(max_call_tokens, max_batch), 0, 1)
+        self.batch = C.llama_batch_init(MAX_CALL_TOKENS, 0, 1)
         self.tokenizer = tokenizer
         self.eos_ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
         self.n_head, self.n_head_kv = n_head, n_head_kv
@@ -314,7 +315,7 @@ class LlamaCppEngine:
         C = self.api.C
         cparams = C.llama_context_default_params()
         cparams.n_ctx, cparams.n_seq_max = n_ctx, n_seq
-        cparams.n_batch = cparams.n_ubatch = 512
+        cparams.n_batch = cparams.n_ubatch = MAX_CALL_TOKENS
         cparams.n_threads = cparams.n_threads_batch = threads
         cparams.flash_attn = False  # ik_llama.cpp refuses LoRA adapters on a flash-attention context
         # Adapters switch between steps; a reused compute graph is not documented to follow them, and turning
