@@ -17,6 +17,8 @@ clients' throughput is compared with (a) the same 8 clients alone and (b) the sa
 that ask for 3 tokens and read them to the end: (b) isolates what a hang-up costs beyond the request itself.
 ``prefill``: raw prompt throughput per decode-call size for both weight files, with the agreement of the last
 token's logits with an 8-token-call reference on the shipped file (why the Q4_1 file is capped at 31).
+``decode_steps``: one decode call's time with 1 or 8 rows while 8 sequences of 50 or 400 cells are cached
+(why 8 streams cost far more than one here: attention spans every cached cell).
 Peer: the same GGUF decoded greedily by llama.cpp in-process, batch 1, on the same prompt (no server, no
 Python scheduler): the ceiling our engine is measured against. llama-cpp-python is measured too when it
 is installed (it has no wheel for this machine's glibc; `pip install llama-cpp-python` builds it, ~12 min).
@@ -251,6 +253,39 @@ def prefill_calls(prompt: str) -> dict:
     return out
 
 
+def decode_steps(rows: tuple[int, ...] = (1, 8), cells: tuple[int, ...] = (50, 400)) -> dict:
+    """Why batching 8 streams gains little here: the time of one decode call with ``rows`` sequences while 8
+    sequences of ``cells`` KV cells each sit in the context. Without flash attention (it asserts on
+    multi-sequence batches in this wheel) every row attends over every used cell of every sequence."""
+    from core.llamacpp_engine import engine_from_settings
+
+    settings = weights_settings("q8_0")
+    engine = engine_from_settings(settings.model_copy(update={"generation": settings.generation.model_copy(
+        update={"max_running_requests": 8})}))
+    out: dict = {}
+    try:
+        for length in cells:
+            for seq in range(8):
+                engine.api.seq_rm(engine.ctx, seq, -1, -1)
+                ids = [1000 + (seq * 7 + i) % 30000 for i in range(length)]
+                for start in range(0, length, engine.max_call_tokens):
+                    chunk = ids[start : start + engine.max_call_tokens]
+                    engine._decode([(t, start + i, seq, False) for i, t in enumerate(chunk)])
+            for n in rows:
+                times = []
+                for step in range(12):
+                    began = time.perf_counter()
+                    engine._decode([(1000 + step, length + step, seq, True) for seq in range(n)])
+                    times.append(time.perf_counter() - began)
+                for seq in range(n):
+                    engine.api.seq_rm(engine.ctx, seq, length, -1)
+                ms = float(np.median(times[2:])) * 1000
+                out[f"{n}_rows_{8 * length}_cells"] = {"step_ms": round(ms, 2), "tokens_per_s": round(n / ms * 1000, 1)}
+    finally:
+        engine.close()
+    return out
+
+
 def peer_llamacpp(prompt: str, max_tokens: int, weights: str) -> dict:
     """Raw llama.cpp (same wheel, same GGUF, same prompt tokens, the engine's call size): greedy batch-1
     decode, no server."""
@@ -357,6 +392,7 @@ def main() -> None:
                 server.stop()
         prompt = sample_prompt(Path(tmp) / args.engines.split(",")[0])
     result["prefill"] = prefill_calls(prompt)
+    result["decode_steps"] = decode_steps()
     result["peer_llamacpp_raw"] = {w: peer_llamacpp(prompt, args.max_tokens, w) for w in ("q8_0", "original")}
     result["peer_llama_cpp_python"] = peer_llama_cpp_python(prompt, args.max_tokens)
     ratios = {}
