@@ -219,13 +219,8 @@ def prefill_once(engine, ids: list[int], call: int) -> tuple[float, np.ndarray]:
     the last token's logits."""
     engine.api.seq_rm(engine.ctx, 0, -1, -1)
     began = time.perf_counter()
-    for start in range(0, len(ids), call):
-        chunk = ids[start : start + call]
-        engine._decode([(t, start + i, 0, start + i == len(ids) - 1) for i, t in enumerate(chunk)])
-    seconds = time.perf_counter() - began
-    row = (len(ids) - 1) % call
-    return seconds, np.ctypeslib.as_array(engine.api.C.llama_get_logits_ith(engine.ctx, row),
-                                          shape=(engine.n_vocab,)).copy()
+    row = engine._decode_tokens(ids, 0, call=call, logits_last=True)
+    return time.perf_counter() - began, engine._logits(engine.ctx, row).copy()
 
 
 def prefill_calls(prompt: str) -> dict:
@@ -267,10 +262,7 @@ def decode_steps(rows: tuple[int, ...] = (1, 8), cells: tuple[int, ...] = (50, 4
         for length in cells:
             for seq in range(8):
                 engine.api.seq_rm(engine.ctx, seq, -1, -1)
-                ids = [1000 + (seq * 7 + i) % 30000 for i in range(length)]
-                for start in range(0, length, engine.max_call_tokens):
-                    chunk = ids[start : start + engine.max_call_tokens]
-                    engine._decode([(t, start + i, seq, False) for i, t in enumerate(chunk)])
+                engine._decode_tokens([1000 + (seq * 7 + i) % 30000 for i in range(length)], seq)
             for n in rows:
                 times = []
                 for step in range(12):
@@ -294,15 +286,12 @@ def peer_llamacpp(prompt: str, max_tokens: int, weights: str) -> dict:
     engine = engine_from_settings(weights_settings(weights))
     try:
         ids = engine.tokenizer(prompt, add_special_tokens=False).input_ids
-        prefill, _ = prefill_once(engine, ids, engine.max_call_tokens)
-        row = (len(ids) - 1) % engine.max_call_tokens
-        token, pos = 0, len(ids)
+        prefill, logits = prefill_once(engine, ids, engine.max_call_tokens)
+        pos = len(ids)
         began = time.perf_counter()
         for _ in range(max_tokens):
-            logits = np.ctypeslib.as_array(engine.api.C.llama_get_logits_ith(engine.ctx, row), shape=(engine.n_vocab,))
-            token = int(np.argmax(logits))
-            engine._decode([(token, pos, 0, True)])
-            pos, row = pos + 1, 0
+            engine._decode([(int(np.argmax(logits)), pos, 0, True)])
+            pos, logits = pos + 1, engine._logits(engine.ctx, 0)
         decode = time.perf_counter() - began
     finally:
         engine.close()

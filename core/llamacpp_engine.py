@@ -438,12 +438,25 @@ class LlamaCppEngine:
             self.api.seq_cp(self.pctx, prefix.seq, 0, 0, n)
             seq.pending, seq.pos = list(prompt[n:]), n
 
+    def _decode_tokens(self, tokens: Sequence[int], seq_id: int, ctx: int | None = None, *, call: int | None = None,
+                       logits_last: bool = False) -> int:
+        """Decode ``tokens`` at positions 0.. into sequence ``seq_id`` in calls of ``call`` tokens (default
+        ``max_call_tokens``); returns the logits row of the last token in its call (see :meth:`_logits`)."""
+        call = call or self.max_call_tokens
+        for start in range(0, len(tokens), call):
+            chunk = tokens[start : start + call]
+            self._decode([(t, start + i, seq_id, logits_last and start + i == len(tokens) - 1)
+                          for i, t in enumerate(chunk)], ctx)
+        return (len(tokens) - 1) % call
+
+    def _logits(self, ctx: int, row: int) -> np.ndarray:
+        """The last decode call's logits for ``row`` (a view into llama.cpp's buffer, valid until the next call)."""
+        return np.ctypeslib.as_array(self.api.C.llama_get_logits_ith(ctx, row), shape=(self.n_vocab,))
+
     def _build_prefix(self, prefix: _Prefix, adapter: str | None, tokens: list[int]) -> None:
         self.api.seq_rm(self.pctx, prefix.seq, -1, -1)
         self._set_adapter(self.pctx, adapter)
-        for start in range(0, len(tokens), self.max_call_tokens):
-            chunk = tokens[start : start + self.max_call_tokens]
-            self._decode([(t, start + i, prefix.seq, False) for i, t in enumerate(chunk)], self.pctx)
+        self._decode_tokens(tokens, prefix.seq, self.pctx)
         prefix.tokens = list(tokens)
 
     def _step(self) -> None:
@@ -492,9 +505,7 @@ class LlamaCppEngine:
 
     def _advance(self, seq: _Seq, ctx: int) -> None:
         request = seq.request
-        pointer = self.api.C.llama_get_logits_ith(ctx, seq.logits_row)
-        logits = np.ctypeslib.as_array(pointer, shape=(self.n_vocab,))
-        token = _sample(logits, seq.seen, request.repetition_penalty, request.temperature, request.top_p, seq.rng)
+        token = _sample(self._logits(ctx, seq.logits_row), seq.seen, request.repetition_penalty, request.temperature, request.top_p, seq.rng)
         seq.generated.append(token)
         seq.seen[token] = True
         stop = token in self.eos_ids or bool(self.api.is_eog(self.model, token))

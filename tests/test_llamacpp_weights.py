@@ -92,11 +92,7 @@ def test_q8_0_copy_is_made_once_and_large_prompt_calls_agree_with_small_ones(
 
         def last_logits(call: int) -> np.ndarray:
             engine.api.seq_rm(engine.ctx, 0, -1, -1)
-            for start in range(0, len(ids), call):
-                chunk = ids[start : start + call]
-                engine._decode([(t, start + i, 0, start + i == len(ids) - 1) for i, t in enumerate(chunk)])
-            pointer = engine.api.C.llama_get_logits_ith(engine.ctx, (len(ids) - 1) % call)
-            return np.ctypeslib.as_array(pointer, shape=(engine.n_vocab,)).copy()
+            return engine._logits(engine.ctx, engine._decode_tokens(ids, 0, call=call, logits_last=True)).copy()
 
         small, large = last_logits(8), last_logits(256)
     finally:
