@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from core.errors import NotFoundError
 from core.generation import Generation, generate
 from core.models import load_generator
+from core.refusal import RefusalGate, load_gate
 from core.settings import GenerationSettings, Settings
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ class GenerationEngine:
         self.model, self.tokenizer, self.config = model, tokenizer, config
         self._lock = threading.Lock()
         self._adapters: dict[str, str] = {}
+        self._gates: dict[str, RefusalGate] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> GenerationEngine:
@@ -63,6 +65,8 @@ class GenerationEngine:
                 self.model.load_adapter(path, adapter_name=name)
             self.model.eval()
             self._adapters[name] = path
+            if gate := load_gate(path, self.tokenizer, self.config.refusal_min_prob):
+                self._gates[name] = gate
         logger.info("adapter %s loaded from %s", name, path)
 
     def unload_adapter(self, name: str) -> None:
@@ -71,6 +75,7 @@ class GenerationEngine:
                 raise NotFoundError(f"adapter {name!r} is not loaded")
             self.model.delete_adapter(name)
             del self._adapters[name]
+            self._gates.pop(name, None)
 
     def _selected(self, adapter: str | None):
         if adapter is not None:
@@ -85,7 +90,7 @@ class GenerationEngine:
         """Decode rendered prompts with the base model (``adapter=None``) or a loaded adapter."""
         with self._lock, self._selected(adapter):
             return generate(self.model, self.tokenizer, prompts, self.config, max_new_tokens=max_new_tokens,
-                            temperature=temperature)
+                            temperature=temperature, refusal_gate=self._gates.get(adapter or ""))
 
     def stream(self, prompt: str, adapter: str | None = None, *, max_new_tokens: int | None = None,
                temperature: float | None = None) -> Iterator[str]:
@@ -103,7 +108,7 @@ class GenerationEngine:
         def run() -> None:
             try:
                 generate(self.model, self.tokenizer, [prompt], self.config, max_new_tokens=max_new_tokens,
-                         temperature=temperature, streamer=streamer, stop=stop)
+                         temperature=temperature, streamer=streamer, stop=stop, refusal_gate=self._gates.get(adapter or ""))
             except BaseException as exc:  # surfaced to the consumer below
                 errors.append(exc)
                 streamer.end()

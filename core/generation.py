@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from core.refusal import RefusalGate
 from core.settings import GenerationSettings
 
 if TYPE_CHECKING:
@@ -34,13 +35,35 @@ class Generation:
     finish_reason: str = "stop"
 
 
-def _repetition_penalty(config: GenerationSettings, prompt_length: int) -> dict[str, object]:
-    """``generate`` keyword arguments for the configured penalty and scope (see GenerationSettings)."""
+def _logits_processing(config: GenerationSettings, prompt_length: int,
+                       refusal_gate: RefusalGate | None) -> dict[str, object]:
+    """``generate`` keyword arguments: the refusal gate on the model's own logits, then the configured
+    repetition penalty and scope (see GenerationSettings)."""
     from transformers import LogitsProcessorList
 
+    processors: list[object] = [RefusalGateProcessor(refusal_gate, prompt_length)] if refusal_gate else []
     if config.repetition_penalty == 1.0 or config.repetition_penalty_scope == "prompt_and_answer":
-        return {"repetition_penalty": config.repetition_penalty}
-    return {"logits_processor": LogitsProcessorList([AnswerRepetitionPenalty(config.repetition_penalty, prompt_length)])}
+        return {"repetition_penalty": config.repetition_penalty, "logits_processor": LogitsProcessorList(processors)}
+    processors.append(AnswerRepetitionPenalty(config.repetition_penalty, prompt_length))
+    return {"logits_processor": LogitsProcessorList(processors)}
+
+
+class RefusalGateProcessor:
+    """:class:`core.refusal.RefusalGate` as a transformers logits processor (rows whose answer so far is a
+    prefix of the refusal; answers start at ``prompt_length`` in every left-padded row)."""
+
+    def __init__(self, gate: RefusalGate, prompt_length: int) -> None:
+        self.gate, self.prompt_length = gate, prompt_length
+
+    def __call__(self, input_ids, scores):  # (LongTensor, FloatTensor) -> FloatTensor
+        answers = input_ids[:, self.prompt_length :]
+        if answers.shape[1] >= len(self.gate.tokens):
+            return scores
+        for row, answer in enumerate(answers.tolist()):
+            blocked = self.gate.blocked(answer, scores[row].float().cpu().numpy())
+            if blocked is not None:
+                scores[row, blocked] = float("-inf")
+        return scores
 
 
 class AnswerRepetitionPenalty:
@@ -72,12 +95,14 @@ def generate(
     temperature: float | None = None,
     streamer: object | None = None,
     stop: threading.Event | None = None,
+    refusal_gate: RefusalGate | None = None,
 ) -> list[Generation]:
     """Decode ``prompts`` (already rendered by :mod:`core.prompt`) in batches of ``config.batch_size``.
 
     Prompts longer than ``config.max_context_tokens`` keep their last tokens (the question sits at the end).
     A ``streamer`` (transformers ``TextIteratorStreamer``) receives tokens as they are decoded; use it with
     a single prompt. Setting ``stop`` ends the decoding after the current step (a cancelled request).
+    ``refusal_gate`` (the selected adapter's, :mod:`core.refusal`) masks an unsure refusal.
     Returns one :class:`Generation` per prompt, in order.
     """
     import torch
@@ -115,7 +140,7 @@ def generate(
                     temperature=temp if sampling else None,
                     top_p=config.top_p if sampling else None,
                     top_k=None,
-                    **_repetition_penalty(config, enc["input_ids"].shape[1]),
+                    **_logits_processing(config, enc["input_ids"].shape[1], refusal_gate),
                     pad_token_id=tokenizer.pad_token_id,
                     streamer=streamer,
                     stopping_criteria=StoppingCriteriaList([_Stopped()]) if stop is not None else None,

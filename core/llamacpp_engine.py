@@ -38,6 +38,7 @@ import numpy as np
 
 from core.errors import ConfigError, ModelNotFoundError, NotFoundError, TuneragError
 from core.generation import Generation
+from core.refusal import RefusalGate, load_gate
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -100,7 +101,8 @@ def engine_from_settings(settings: Settings, on_step: Callable[[int], None] | No
     return LlamaCppEngine(weights.path, tokenizer, max_batch=gen.max_running_requests, kv_tokens=gen.kv_cache_tokens,
                           n_threads=gen.threads, n_head=config.num_attention_heads,
                           n_head_kv=getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
-                          max_call_tokens=weights.max_call_tokens, on_step=on_step)
+                          max_call_tokens=weights.max_call_tokens, refusal_min_prob=gen.refusal_min_prob,
+                          on_step=on_step)
 
 
 class _Api:
@@ -203,12 +205,13 @@ class LlamaCppEngine:
         kv_tokens: KV-cache cells shared by all sequences (prompt + answer of every running request).
         n_threads: CPU threads for llama.cpp (default: all cores).
         max_call_tokens: prompt tokens per decode call (:mod:`core.llamacpp_weights` says what the weights allow).
+        refusal_min_prob: the refusal gate of adapters that record their refusal (:mod:`core.refusal`; 0: off).
         on_step: called after every decode with the number of sequences in it (metrics).
     """
 
     def __init__(self, gguf_path: Path, tokenizer: PreTrainedTokenizerBase, *, max_batch: int = 8,
                  kv_tokens: int = 16384, n_threads: int | None = None, n_head: int | None = None,
-                 n_head_kv: int | None = None, max_call_tokens: int = 31,
+                 n_head_kv: int | None = None, max_call_tokens: int = 31, refusal_min_prob: float = 0.0,
                  on_step: Callable[[int], None] | None = None) -> None:
         if not gguf_path.is_file():
             raise ModelNotFoundError(f"GGUF model not found: {gguf_path}")
@@ -242,6 +245,8 @@ class LlamaCppEngine:
         self.n_head, self.n_head_kv = n_head, n_head_kv
         self.on_step = on_step
         self._adapters: dict[str, tuple[str, int]] = {}  # name -> (peft folder, llama adapter pointer)
+        self.refusal_min_prob = refusal_min_prob
+        self._gates: dict[str, RefusalGate] = {}
         self._applied: dict[int, str | None] = {self.ctx: None, self.pctx: None}
         self._prefill: _Seq | None = None  # the prompt being prefilled in the prefill context
         self._inbox: queue.Queue[EngineRequest | Callable[[], None] | None] = queue.Queue()
@@ -288,6 +293,7 @@ class LlamaCppEngine:
         if self._adapters.get(name, ("", 0))[0] == folder:
             return
         gguf_file = export_lora_gguf(Path(folder), self.n_head or 1, self.n_head_kv or self.n_head or 1)
+        gate = load_gate(folder, self.tokenizer, self.refusal_min_prob)
         done: queue.Queue[BaseException | None] = queue.Queue()
 
         def attach() -> None:
@@ -296,6 +302,10 @@ class LlamaCppEngine:
                 if not pointer:
                     raise TuneragError(f"llama.cpp could not load the LoRA {gguf_file}")
                 self._adapters[name] = (folder, pointer)
+                if gate is not None:
+                    self._gates[name] = gate
+                else:
+                    self._gates.pop(name, None)
                 done.put(None)
             except BaseException as exc:
                 done.put(exc)
@@ -505,7 +515,12 @@ class LlamaCppEngine:
 
     def _advance(self, seq: _Seq, ctx: int) -> None:
         request = seq.request
-        token = _sample(self._logits(ctx, seq.logits_row), seq.seen, request.repetition_penalty, request.temperature, request.top_p, seq.rng)
+        logits = self._logits(ctx, seq.logits_row)
+        gate = self._gates.get(request.adapter) if request.adapter is not None else None
+        if gate is not None and (blocked := gate.blocked(seq.generated, logits)) is not None:
+            logits = np.array(logits, dtype=np.float32)
+            logits[blocked] = -np.inf
+        token = _sample(logits, seq.seen, request.repetition_penalty, request.temperature, request.top_p, seq.rng)
         seq.generated.append(token)
         seq.seen[token] = True
         stop = token in self.eos_ids or bool(self.api.is_eog(self.model, token))

@@ -536,6 +536,28 @@ UNANSWERABLE_TRAIN: tuple[str, ...] = (
     "Can I get a job at Parcelly?",
     "Do you support Bitcoin payments?",
     "Can you ship my parcel to the moon?",
+    # Not only yes/no questions: with refusals asked only as "Can/Do you ...?", a small model learns the
+    # question's form instead of checking the context (it refused answerable "Does Parcelly ...?" questions).
+    "Is there a dark mode for the dashboard?",
+    "How do I book a drone delivery?",
+    "Where can I order free Parcelly stickers?",
+    "How many employees does Parcelly have?",
+    "What is the email address of your CEO?",
+    "How do I export my customers' email addresses for a newsletter?",
+    "What is the best way to pack fragile glassware?",
+    "Which countries ban importing chocolate?",
+    "Is Parcelly listed on the stock exchange?",
+    "Where can I buy a second-hand label printer?",
+    "How do I make my store's checkout page load faster?",
+    "How do I change the font on my shipping labels?",
+    "Can Parcelly call my customers to confirm their address?",
+    "Can I rent a label printer from you for the holiday season?",
+    "Do you offer a white-label version of Parcelly for agencies?",
+    "Does Parcelly have a podcast?",
+    "How do I set up email marketing campaigns in Parcelly?",
+    "Which carrier has the friendliest drivers?",
+    "How do I hire a photographer for my product photos?",
+    "Where does the name Parcelly come from?",
 )
 UNANSWERABLE_EVAL: tuple[str, ...] = (
     "Do you have a loyalty programme for frequent shippers?",

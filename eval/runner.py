@@ -128,8 +128,11 @@ def _retriever(settings: Settings, location: str, root: Path) -> Retriever:
     return open_retriever(settings, private.paths.index_dir)
 
 
-def _prompt_hash(prompt: str, adapter: str | None, max_new_tokens: int) -> str:
-    return hashlib.sha256(f"{adapter}\x00{max_new_tokens}\x00{prompt}".encode()).hexdigest()[:16]
+def _prompt_hash(prompt: str, adapter: str | None, max_new_tokens: int, settings: Settings) -> str:
+    """The cache key of one answer: the prompt, the adapter and every decoding setting that changes the answer."""
+    gen = settings.generation
+    decoding = (gen.temperature, gen.top_p, gen.repetition_penalty, gen.repetition_penalty_scope, gen.refusal_min_prob)
+    return hashlib.sha256(f"{adapter}\x00{max_new_tokens}\x00{decoding}\x00{prompt}".encode()).hexdigest()[:16]
 
 
 def _read_cache(path: Path) -> dict[str, dict[str, Any]]:
@@ -159,7 +162,7 @@ def generate_answers(run: SystemRun, items: Sequence[EvalItem], engine: Generati
         passages = [r.to_passage() for r in context] if context is not None else None
         prompt = build_prompt(template, engine.tokenizer, item.question, passages, with_examples=run.spec.name == "prompt",
                               max_tokens=settings.generation.max_context_tokens)
-        key = _prompt_hash(prompt, run.adapter, cfg.max_new_tokens)
+        key = _prompt_hash(prompt, run.adapter, cfg.max_new_tokens, settings)
         row = {"id": item.id, "prompt_hash": key,
                "context": [{"doc_id": p.doc_id, "title": p.title, "text": p.text} for p in passages or []],
                "ranking": doc_ranking(found) if found is not None else None}

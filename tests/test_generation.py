@@ -49,10 +49,74 @@ def test_repetition_penalty_counts_the_answer_not_the_prompt() -> None:
 
 
 def test_generate_applies_the_configured_penalty_scope(settings) -> None:
-    from core.generation import _repetition_penalty
+    from core.generation import AnswerRepetitionPenalty, RefusalGateProcessor, _logits_processing
+    from core.refusal import RefusalGate
 
-    assert "logits_processor" in _repetition_penalty(settings.generation, 10)
+    kinds = lambda kw: [type(p) for p in kw["logits_processor"]]  # noqa: E731
+    assert kinds(_logits_processing(settings.generation, 10, None)) == [AnswerRepetitionPenalty]
+    gate = RefusalGate((1, 2), 0.5)
+    assert kinds(_logits_processing(settings.generation, 10, gate)) == [RefusalGateProcessor, AnswerRepetitionPenalty]
     both = settings.generation.model_copy(update={"repetition_penalty_scope": "prompt_and_answer"})
-    assert _repetition_penalty(both, 10) == {"repetition_penalty": settings.generation.repetition_penalty}
+    assert _logits_processing(both, 10, None)["repetition_penalty"] == settings.generation.repetition_penalty
+    assert kinds(_logits_processing(both, 10, None)) == []
     off = settings.generation.model_copy(update={"repetition_penalty": 1.0})
-    assert _repetition_penalty(off, 10) == {"repetition_penalty": 1.0}
+    assert _logits_processing(off, 10, None)["repetition_penalty"] == 1.0
+
+
+def test_refusal_gate_masks_an_unsure_refusal_token_only_on_the_refusal_path() -> None:
+    import numpy as np
+
+    from core.refusal import RefusalGate
+
+    gate = RefusalGate((7, 3, 5), 0.5)
+    logits = np.log(np.array([0.1, 0.1, 0.1, 0.4, 0.1, 0.1, 0.05, 0.05]))  # p(3) = 0.4
+    assert gate.blocked([7], logits) == 3  # on the path, the refusal's next token (3) is below 0.5
+    assert gate.blocked([7, 3], logits) == 5  # every refusal token must be sure, not only the first
+    assert RefusalGate((7, 3, 5), 0.3).blocked([7], logits) is None  # 0.4 >= 0.3: allowed
+    assert gate.blocked([8], logits) is None and gate.blocked([7, 4], logits) is None  # left the refusal
+    assert gate.blocked([7, 3, 5], logits) is None  # the whole refusal is out: nothing left to gate
+    assert gate.blocked([], logits) == 7 and RefusalGate((3,), 0.39).blocked([], logits) is None
+
+
+def test_generate_with_a_refusal_gate_masks_the_refusal_unless_the_model_is_sure(settings: Settings) -> None:
+    """A gate whose "refusal" is the model's own greedy answer: at min_prob 1.0 no token is sure enough, so the
+    first token changes; at a tiny min_prob every token passes and the answer is unchanged."""
+    from core.refusal import RefusalGate
+
+    model, tokenizer = load_generator(settings)
+    prompt = render_prompt(tokenizer, load_template(settings).build_messages(QUESTIONS[0]))
+    config = settings.generation.model_copy(update={"max_new_tokens": 6})
+    plain = generate(model, tokenizer, [prompt], config)[0]
+    own = tuple(generate_ids(model, tokenizer, prompt, config))
+    sure = generate(model, tokenizer, [prompt], config, refusal_gate=RefusalGate(own, 1e-9))[0]
+    gated = generate(model, tokenizer, [prompt], config, refusal_gate=RefusalGate(own, 1.0))[0]
+    assert sure.text == plain.text
+    assert tuple(tokenizer(gated.text, add_special_tokens=False).input_ids[:1]) != own[:1], (gated.text, plain.text)
+
+
+def generate_ids(model, tokenizer, prompt: str, config) -> list[int]:
+    """The greedy answer's token ids, decoded with the same logits processing as ``generate``."""
+    import torch
+
+    from core.generation import _logits_processing
+
+    enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    with torch.inference_mode():
+        out = model.generate(**enc, max_new_tokens=config.max_new_tokens, do_sample=False, top_k=None,
+                             pad_token_id=tokenizer.pad_token_id,
+                             **_logits_processing(config, enc["input_ids"].shape[1], None))
+    return out[0, enc["input_ids"].shape[1]:].tolist()
+
+
+def test_the_gate_is_read_from_the_adapter_folder(settings: Settings, tmp_path, caplog) -> None:
+    from core.refusal import REFUSAL_FILE, load_gate, write_refusal
+
+    _, tokenizer = load_generator(settings)
+    assert load_gate(tmp_path, tokenizer, 0.5) is None  # an adapter trained without refusals: never gated
+    write_refusal(tmp_path, "Hi there!\n\nI couldn't find that.")
+    gate = load_gate(tmp_path, tokenizer, 0.5)
+    assert gate is not None and gate.min_prob == 0.5
+    assert gate.tokens == tuple(tokenizer("Hi there!\n\nI couldn't find that.", add_special_tokens=False).input_ids)
+    assert load_gate(tmp_path, tokenizer, 0.0) is None  # refusal_min_prob 0: plain decoding
+    (tmp_path / REFUSAL_FILE).write_text("{not json")
+    assert load_gate(tmp_path, tokenizer, 0.5) is None and "not gated" in caplog.text

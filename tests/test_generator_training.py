@@ -13,6 +13,7 @@ from core.engine import GenerationEngine
 from core.errors import ConfigError, InvalidInputError
 from core.models import load_generator
 from core.prompt import ContextPassage, build_prompt, load_template
+from core.refusal import REFUSAL_FILE
 from core.settings import SAMPLE_DIR, Settings
 from training.generator_data import (
     ChatExample,
@@ -246,9 +247,13 @@ def test_tiny_run_lowers_loss_and_writes_a_loadable_adapter(settings: Settings, 
     assert (artifact.path / "data" / "train.jsonl").is_file() and (artifact.path / "adapter" / "adapter_config.json").is_file()
 
     engine = GenerationEngine.from_settings(settings)
+    engine.config = engine.config.model_copy(update={"refusal_min_prob": 0.5})  # the gate is opt-in
     prompt = build_prompt(load_template(settings), engine.tokenizer, "How do I void a label?")
     base = engine.generate([prompt], max_new_tokens=6)[0].text
     engine.load_adapter("tuned", artifact.path / "adapter")
+    refusal = json.loads((artifact.path / "adapter" / REFUSAL_FILE).read_text())["refusal_answer"]
+    assert refusal == m["data"]["refusal_answer"] and "couldn't find" in refusal, "the refusal it was taught"
+    assert engine._gates["tuned"].tokens == tuple(engine.tokenizer(refusal, add_special_tokens=False).input_ids)
     engine.generate([prompt], adapter="tuned", max_new_tokens=6)
     assert engine.generate([prompt], max_new_tokens=6)[0].text == base, "adapter off gives the base model back"
     import torch
@@ -300,6 +305,7 @@ def test_dpo_on_top_of_sft_and_merge_export(settings: Settings, small_chat_file:
     dpo = train_dpo(settings, pairs, sft, cfg)
     assert dpo.manifest["stage"] == "dpo" and dpo.manifest["parent"] == sft.id
     assert (dpo.path / "adapter" / "adapter_model.safetensors").is_file()
+    assert (dpo.path / "adapter" / REFUSAL_FILE).read_text() == (sft.path / "adapter" / REFUSAL_FILE).read_text()
     merged = merge_adapter(settings, dpo, tmp_path / "merged")
     assert (merged / "config.json").is_file() and (merged / "tokenizer_config.json").is_file()
     bad = tmp_path / "bad.jsonl"

@@ -101,14 +101,14 @@ def test_greedy_answers_match_transformers_on_a_fixed_prompt_set(engine: LlamaCp
         assert a[d] in top2 and gap <= 0.5, (prompt[-80:], ours.text, theirs.text, d, gap)
 
 
-def test_peft_adapter_exported_to_gguf_gives_the_same_answers(engine: LlamaCppEngine, real_settings: Settings,
-                                                              tmp_path: Path) -> None:
+def random_lora(settings: Settings, folder: Path):
+    """A fixed random r=8 LoRA on every linear layer of the real model, saved to ``folder``."""
     import torch
     from peft import LoraConfig, get_peft_model
 
     from core.models import load_generator
 
-    model, tokenizer = load_generator(real_settings, fresh=True)
+    model, tokenizer = load_generator(settings, fresh=True)
     torch.manual_seed(0)  # a fixed adapter (lora_A's init is random too): the same test every run
     peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, task_type="CAUSAL_LM", target_modules=[
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
@@ -116,8 +116,13 @@ def test_peft_adapter_exported_to_gguf_gives_the_same_answers(engine: LlamaCppEn
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.04)
-    peft_model.save_pretrained(str(tmp_path / "adapter"))
-    peft_model.eval()
+    peft_model.save_pretrained(str(folder))
+    return peft_model.eval(), tokenizer
+
+
+def test_peft_adapter_exported_to_gguf_gives_the_same_answers(engine: LlamaCppEngine, real_settings: Settings,
+                                                              tmp_path: Path) -> None:
+    peft_model, tokenizer = random_lora(real_settings, tmp_path / "adapter")
     engine.load_adapter("random-lora", tmp_path / "adapter")
     assert (tmp_path / "adapter" / "adapter.gguf").is_file()
     prompt = prompts(real_settings, engine.tokenizer)[0]
@@ -130,6 +135,33 @@ def test_peft_adapter_exported_to_gguf_gives_the_same_answers(engine: LlamaCppEn
     assert ours.text != base.text, "the adapter changes the answer"
     # Q/K permutation or A/B orientation errors show up at once: the first tokens must agree.
     assert common_prefix_tokens(tokenizer, ours.text, theirs.text) >= 8, (ours.text, theirs.text)
+
+
+def test_an_adapters_refusal_gate_masks_its_unsure_refusal(engine: LlamaCppEngine, real_settings: Settings,
+                                                            tmp_path: Path) -> None:
+    """The adapter's recorded "refusal" is its own greedy answer: gated at 1.0 no token is sure enough and the
+    answer changes at its first token; at a tiny threshold every token passes and the answer is the same."""
+    import shutil
+
+    from core.refusal import write_refusal
+
+    random_lora(real_settings, tmp_path / "plain")
+    engine.load_adapter("plain", tmp_path / "plain")
+    prompt = prompts(real_settings, engine.tokenizer)[1]
+    own = run(engine, prompt, "plain", 8)
+    assert isinstance(own, Generation)
+    for name, min_prob in (("sure", 1e-9), ("gated", 1.0)):
+        shutil.copytree(tmp_path / "plain", tmp_path / name)
+        write_refusal(tmp_path / name, own.text)
+        engine.refusal_min_prob = min_prob
+        try:
+            engine.load_adapter(name, tmp_path / name)
+        finally:
+            engine.refusal_min_prob = real_settings.generation.refusal_min_prob
+    assert run(engine, prompt, "sure", 8).text == own.text
+    gated = run(engine, prompt, "gated", 8).text
+    first = lambda text: engine.tokenizer(text, add_special_tokens=False).input_ids[0]  # noqa: E731
+    assert first(gated) != first(own.text), (gated, own.text)
 
 
 def test_concurrent_requests_share_one_decoder_and_cancellation_frees_slots(engine: LlamaCppEngine,

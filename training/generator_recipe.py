@@ -27,6 +27,7 @@ from core.errors import ConfigError, InvalidInputError, NotFoundError
 from core.jsonl import read_jsonl
 from core.models import load_generator, resolve_device, resolve_generator
 from core.prompt import ContextPassage, build_prompt, load_template
+from core.refusal import write_refusal
 from core.settings import GeneratorTrainingSettings, Settings
 from retrieval import index_store
 from retrieval.indexer import update_index
@@ -292,6 +293,7 @@ def train_generator(settings: Settings, cfg: GeneratorTrainingSettings | None = 
 
     # --- save
     trainer.model.save_pretrained(str(workdir / "adapter"))
+    write_refusal(workdir / "adapter", summary["refusal_answer"])
     trainable, total = trainer.model.get_nb_trainable_parameters()
     history = [{k: v for k, v in row.items() if isinstance(v, int | float)} for row in trainer.state.log_history]
     train_losses = [row["loss"] for row in history if "loss" in row]
@@ -366,6 +368,7 @@ def train_dpo(settings: Settings, pairs_file: Path, sft: artifacts.Artifact,
                          processing_class=tokenizer)
     trainer.train()
     trainer.model.save_pretrained(str(workdir / "adapter"))
+    write_refusal(workdir / "adapter", sft.manifest.get("data", {}).get("refusal_answer"))
     history = [{k: v for k, v in row.items() if isinstance(v, int | float)} for row in trainer.state.log_history]
     manifest = {
         "created_at": artifacts.utc_now(), "stage": "dpo", "parent": sft.id,
