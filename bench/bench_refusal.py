@@ -22,17 +22,6 @@ from common import emit
 THRESHOLDS = (0.1, 0.2, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
-def opening_length(refusal: list[int], answers: list[list[int]]) -> int:
-    """Tokens the refusal shares with the adapter's answers (the greeting): where the decision is made."""
-    best = 0
-    for answer in answers:
-        n = 0
-        while n < min(len(refusal), len(answer)) and refusal[n] == answer[n]:
-            n += 1
-        best = max(best, n)
-    return best
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", type=Path, required=True)
@@ -45,7 +34,7 @@ def main() -> None:
     from core.jsonl import read_jsonl
     from core.models import load_generator
     from core.prompt import build_prompt, load_template
-    from core.refusal import REFUSAL_FILE
+    from core.refusal import REFUSAL_FILE, shared_prefix
     from core.settings import load_settings
     from eval.runner import _artifact, _retriever, load_eval_set
 
@@ -63,7 +52,7 @@ def main() -> None:
     refusal = encode(json.loads(refusal_file.read_text())["refusal_answer"])
     answers = [encode(row["completion"]) for _, row in read_jsonl(adapter.path / "data" / "train.jsonl")
                if row["variant"] == "gold"]  # grounded answers (other variants' targets may be the refusal)
-    k = opening_length(refusal, answers)
+    k = shared_prefix(refusal, answers)
     if k >= len(refusal):
         raise SystemExit("the refusal is a prefix of a grounded answer: nothing to decide between")
 

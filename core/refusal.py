@@ -6,12 +6,13 @@ greedy starts the refusal whenever that one token outweighs each answer word alo
 more likely than refusing overall. The gate decides between the two as classes: while the answer so far is
 a prefix of the adapter's refusal, the refusal's next token is allowed only with probability of at least
 ``generation.refusal_min_prob`` (0.5: the refusal must be more likely than everything else together);
-otherwise that token is masked and the model answers. Shared prefixes such as the greeting are near
-certain in a trained adapter and pass untouched. Off by default (0): a masked refusal becomes an answer the
+otherwise that token is masked and the model answers. The opening the refusal shares with the adapter's
+grounded answers (the greeting) is never gated. Off by default (0): a masked refusal becomes an answer the
 model was unsure of, so the gate trades missed refusals for fewer false ones (bench/RESULTS.md).
 
-Training writes the refusal it taught into the adapter folder (:data:`REFUSAL_FILE`); both generation
-engines read it when they load the adapter. The base model and adapters without the file are never gated.
+Training writes the refusal it taught and that opening into the adapter folder (:data:`REFUSAL_FILE`);
+both generation engines read it when they load the adapter. The base model and adapters without the file
+are never gated.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,16 +37,19 @@ REFUSAL_FILE = "tunerag-refusal.json"
 
 @dataclass(frozen=True)
 class RefusalGate:
-    """The refusal's tokens (as the answer starts) and the probability each needs to be decoded."""
+    """The refusal's tokens (as the answer starts), how many of them it shares with the adapter's grounded
+    answers (the greeting: ``opening``, never gated), and the probability each later one needs."""
 
     tokens: tuple[int, ...]
     min_prob: float
+    opening: int = 0
 
     def blocked(self, generated: Sequence[int], logits: np.ndarray) -> int | None:
-        """The token to mask at this step, or None: the answer so far is the refusal's first ``n`` tokens and
-        the refusal's next token has probability below ``min_prob`` under ``logits`` (one vocabulary row)."""
+        """The token to mask at this step, or None: the answer so far is the refusal's first ``n`` tokens
+        (``n`` at least ``opening``) and the refusal's next token has probability below ``min_prob`` under
+        ``logits`` (one vocabulary row)."""
         n = len(generated)
-        if n >= len(self.tokens) or tuple(generated) != self.tokens[:n]:
+        if n < self.opening or n >= len(self.tokens) or tuple(generated) != self.tokens[:n]:
             return None
         token = self.tokens[n]
         x = np.asarray(logits, dtype=np.float64)
@@ -54,11 +58,33 @@ class RefusalGate:
         return token if log_p < math.log(self.min_prob) else None
 
 
-def write_refusal(adapter_dir: Path, refusal: str | None) -> None:
-    """Record the refusal an adapter was trained to give (no file when the data had none)."""
-    if refusal:
-        (adapter_dir / REFUSAL_FILE).write_text(json.dumps({"refusal_answer": refusal}, ensure_ascii=False),
-                                                 encoding="utf-8")
+def shared_prefix(refusal: Sequence[int], answers: Iterable[Sequence[int]]) -> int:
+    """How many leading tokens the refusal shares with the grounded answer that shares the most."""
+    best = 0
+    for answer in answers:
+        n = 0
+        while n < min(len(refusal), len(answer)) and refusal[n] == answer[n]:
+            n += 1
+        best = max(best, n)
+    return best
+
+
+def write_refusal(adapter_dir: Path, refusal: str | None, tokenizer: PreTrainedTokenizerBase,
+                  answers: Iterable[str] = ()) -> None:
+    """Record the refusal an adapter was trained to give and its opening (the part shared with the grounded
+    ``answers``, e.g. the greeting), so serving gates only the tokens where refusing is decided. No file when
+    the data had no refusal."""
+    if not refusal:
+        return
+    tokens = _encode(tokenizer, refusal)
+    shared = shared_prefix(tokens, (_encode(tokenizer, a) for a in answers))
+    opening = tokenizer.decode(tokens[:shared]) if shared < len(tokens) else ""
+    (adapter_dir / REFUSAL_FILE).write_text(json.dumps({"refusal_answer": refusal, "opening": opening},
+                                                       ensure_ascii=False), encoding="utf-8")
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    return tokenizer(text.strip(), add_special_tokens=False).input_ids
 
 
 def load_gate(adapter_dir: Path | str, tokenizer: PreTrainedTokenizerBase, min_prob: float) -> RefusalGate | None:
@@ -67,10 +93,14 @@ def load_gate(adapter_dir: Path | str, tokenizer: PreTrainedTokenizerBase, min_p
     if min_prob <= 0 or not path.is_file():
         return None
     try:
-        refusal = json.loads(path.read_text(encoding="utf-8"))["refusal_answer"]
-    except (OSError, ValueError, KeyError, TypeError):
-        refusal = None
-    if not isinstance(refusal, str) or not refusal.strip():
+        record = json.loads(path.read_text(encoding="utf-8"))
+        refusal, opening = record["refusal_answer"], record.get("opening") or ""
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        refusal, opening = None, ""
+    if not isinstance(refusal, str) or not refusal.strip() or not isinstance(opening, str):
         logger.warning("%s holds no refusal_answer string: the adapter's refusals are not gated", path)
         return None
-    return RefusalGate(tuple(tokenizer(refusal.strip(), add_special_tokens=False).input_ids), min_prob)
+    tokens = tuple(_encode(tokenizer, refusal))
+    opening_ids = tuple(tokenizer(opening, add_special_tokens=False).input_ids) if opening else ()
+    # An opening that does not tokenize as the refusal's start (another tokenizer): gate every token.
+    return RefusalGate(tokens, min_prob, len(opening_ids) if tokens[: len(opening_ids)] == opening_ids else 0)

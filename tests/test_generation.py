@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 from core.generation import generate
 from core.models import load_generator
 from core.prompt import load_template, render_prompt
@@ -76,6 +78,8 @@ def test_refusal_gate_masks_an_unsure_refusal_token_only_on_the_refusal_path() -
     assert gate.blocked([8], logits) is None and gate.blocked([7, 4], logits) is None  # left the refusal
     assert gate.blocked([7, 3, 5], logits) is None  # the whole refusal is out: nothing left to gate
     assert gate.blocked([], logits) == 7 and RefusalGate((3,), 0.39).blocked([], logits) is None
+    opened = RefusalGate((7, 3, 5), 0.5, opening=1)  # token 7 (the greeting) is shared with answers: never gated
+    assert opened.blocked([], logits) is None and opened.blocked([7], logits) == 3
 
 
 def test_generate_with_a_refusal_gate_masks_the_refusal_unless_the_model_is_sure(settings: Settings) -> None:
@@ -112,11 +116,16 @@ def test_the_gate_is_read_from_the_adapter_folder(settings: Settings, tmp_path, 
     from core.refusal import REFUSAL_FILE, load_gate, write_refusal
 
     _, tokenizer = load_generator(settings)
+    refusal = "Hi there!\n\nI couldn't find that."
+    encode = lambda text: tuple(tokenizer(text, add_special_tokens=False).input_ids)  # noqa: E731
     assert load_gate(tmp_path, tokenizer, 0.5) is None  # an adapter trained without refusals: never gated
-    write_refusal(tmp_path, "Hi there!\n\nI couldn't find that.")
+    write_refusal(tmp_path, refusal, tokenizer, ["Hi there!\n\nGo to Settings. [doc-a]", "Hello! Yes. [doc-b]"])
+    assert json.loads((tmp_path / REFUSAL_FILE).read_text())["opening"] == "Hi there!\n\n"
     gate = load_gate(tmp_path, tokenizer, 0.5)
-    assert gate is not None and gate.min_prob == 0.5
-    assert gate.tokens == tuple(tokenizer("Hi there!\n\nI couldn't find that.", add_special_tokens=False).input_ids)
+    assert gate is not None and gate.min_prob == 0.5 and gate.tokens == encode(refusal)
+    assert gate.opening == len(encode("Hi there!\n\n")) and 0 < gate.opening < len(gate.tokens)
+    write_refusal(tmp_path, refusal, tokenizer)  # no answers to compare with: every token is gated
+    assert load_gate(tmp_path, tokenizer, 0.5).opening == 0
     assert load_gate(tmp_path, tokenizer, 0.0) is None  # refusal_min_prob 0: plain decoding
     (tmp_path / REFUSAL_FILE).write_text("{not json")
     assert load_gate(tmp_path, tokenizer, 0.5) is None and "not gated" in caplog.text

@@ -253,7 +253,9 @@ def test_tiny_run_lowers_loss_and_writes_a_loadable_adapter(settings: Settings, 
     engine.load_adapter("tuned", artifact.path / "adapter")
     refusal = json.loads((artifact.path / "adapter" / REFUSAL_FILE).read_text())["refusal_answer"]
     assert refusal == m["data"]["refusal_answer"] and "couldn't find" in refusal, "the refusal it was taught"
-    assert engine._gates["tuned"].tokens == tuple(engine.tokenizer(refusal, add_special_tokens=False).input_ids)
+    gate = engine._gates["tuned"]
+    assert gate.tokens == tuple(engine.tokenizer(refusal, add_special_tokens=False).input_ids)
+    assert gate.opening == len(engine.tokenizer("Hi there!\n\n", add_special_tokens=False).input_ids)
     engine.generate([prompt], adapter="tuned", max_new_tokens=6)
     assert engine.generate([prompt], max_new_tokens=6)[0].text == base, "adapter off gives the base model back"
     import torch

@@ -152,7 +152,7 @@ def test_an_adapters_refusal_gate_masks_its_unsure_refusal(engine: LlamaCppEngin
     assert isinstance(own, Generation)
     for name, min_prob in (("sure", 1e-9), ("gated", 1.0)):
         shutil.copytree(tmp_path / "plain", tmp_path / name)
-        write_refusal(tmp_path / name, own.text)
+        write_refusal(tmp_path / name, own.text, engine.tokenizer)
         engine.refusal_min_prob = min_prob
         try:
             engine.load_adapter(name, tmp_path / name)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections import Counter
 from dataclasses import asdict, replace
@@ -27,7 +28,7 @@ from core.errors import ConfigError, InvalidInputError, NotFoundError
 from core.jsonl import read_jsonl
 from core.models import load_generator, resolve_device, resolve_generator
 from core.prompt import ContextPassage, build_prompt, load_template
-from core.refusal import write_refusal
+from core.refusal import REFUSAL_FILE, write_refusal
 from core.settings import GeneratorTrainingSettings, Settings
 from retrieval import index_store
 from retrieval.indexer import update_index
@@ -293,7 +294,8 @@ def train_generator(settings: Settings, cfg: GeneratorTrainingSettings | None = 
 
     # --- save
     trainer.model.save_pretrained(str(workdir / "adapter"))
-    write_refusal(workdir / "adapter", summary["refusal_answer"])
+    write_refusal(workdir / "adapter", summary["refusal_answer"], tokenizer,
+                  (r["completion"] for r in train_rows if r["variant"] == "gold"))
     trainable, total = trainer.model.get_nb_trainable_parameters()
     history = [{k: v for k, v in row.items() if isinstance(v, int | float)} for row in trainer.state.log_history]
     train_losses = [row["loss"] for row in history if "loss" in row]
@@ -368,7 +370,9 @@ def train_dpo(settings: Settings, pairs_file: Path, sft: artifacts.Artifact,
                          processing_class=tokenizer)
     trainer.train()
     trainer.model.save_pretrained(str(workdir / "adapter"))
-    write_refusal(workdir / "adapter", sft.manifest.get("data", {}).get("refusal_answer"))
+    parent = sft.path / "adapter" / REFUSAL_FILE
+    if parent.is_file():  # the same refusal and opening as the SFT adapter it refines
+        shutil.copyfile(parent, workdir / "adapter" / REFUSAL_FILE)
     history = [{k: v for k, v in row.items() if isinstance(v, int | float)} for row in trainer.state.log_history]
     manifest = {
         "created_at": artifacts.utc_now(), "stage": "dpo", "parent": sft.id,
