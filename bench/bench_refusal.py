@@ -13,7 +13,6 @@ answerable ones, per threshold. One forward pass per question (about a minute fo
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -34,7 +33,7 @@ def main() -> None:
     from core.jsonl import read_jsonl
     from core.models import load_generator
     from core.prompt import build_prompt, load_template
-    from core.refusal import REFUSAL_FILE, shared_prefix
+    from core.refusal import REFUSAL_FILE, load_gate, shared_prefix
     from core.settings import load_settings
     from eval.runner import _artifact, _retriever, load_eval_set
 
@@ -43,16 +42,16 @@ def main() -> None:
     embedder = _artifact(settings, "embedder", settings.eval.embedder)
     if adapter is None or embedder is None:
         raise SystemExit(f"{args.data_dir}: needs a trained embedder and adapter (tunerag train embedder / generator)")
-    refusal_file = adapter.path / "adapter" / REFUSAL_FILE
-    if not refusal_file.is_file():
-        raise SystemExit(f"{refusal_file} is missing: the adapter was trained without a refusal")
     model, tokenizer = load_generator(settings, fresh=True)
+    gate = load_gate(adapter.path / "adapter", tokenizer, 1.0)  # the refusal and opening the gate would use
+    if gate is None:
+        raise SystemExit(f"{adapter.path / 'adapter' / REFUSAL_FILE} is missing: the adapter was trained without a refusal")
     model = PeftModel.from_pretrained(model, str(adapter.path / "adapter")).eval()
-    encode = lambda text: tokenizer(text.strip(), add_special_tokens=False).input_ids  # noqa: E731
-    refusal = encode(json.loads(refusal_file.read_text())["refusal_answer"])
-    answers = [encode(row["completion"]) for _, row in read_jsonl(adapter.path / "data" / "train.jsonl")
-               if row["variant"] == "gold"]  # grounded answers (other variants' targets may be the refusal)
-    k = shared_prefix(refusal, answers)
+    refusal, k = list(gate.tokens), gate.opening
+    if not k:  # an adapter trained before the opening was recorded: the same rule as training's write_refusal
+        answers = [tokenizer(row["completion"].strip(), add_special_tokens=False).input_ids
+                   for _, row in read_jsonl(adapter.path / "data" / "train.jsonl") if row["variant"] == "gold"]
+        k = shared_prefix(refusal, answers)
     if k >= len(refusal):
         raise SystemExit("the refusal is a prefix of a grounded answer: nothing to decide between")
 

@@ -67,6 +67,8 @@ class GenerationEngine:
             self._adapters[name] = path
             if gate := load_gate(path, self.tokenizer, self.config.refusal_min_prob):
                 self._gates[name] = gate
+            else:
+                self._gates.pop(name, None)
         logger.info("adapter %s loaded from %s", name, path)
 
     def unload_adapter(self, name: str) -> None:
