@@ -39,3 +39,9 @@ class ConflictError(TuneragError):
     """The operation clashes with the current state (a reindex already running, embedder mismatch)."""
 
     status_code = 409
+
+
+class UnsupportedRequestError(TuneragError):
+    """A well-formed request asks for something tunerag does not do (OpenAI's ``n`` > 1, say)."""
+
+    status_code = 400

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, get_args
 
@@ -137,9 +137,54 @@ class PromptTemplate:
         ]
 
 
+#: Inserted after the first character of a control-token string found in untrusted text, so the tokenizer
+#: reads it as plain characters (the text looks the same; the model sees it was written, not a turn marker).
+CONTROL_TOKEN_BREAK = "\u200b"
+
+
+@lru_cache(maxsize=16)
+def _control_token_pattern(tokens: tuple[str, ...]) -> re.Pattern[str] | None:
+    tokens = tuple(t for t in tokens if len(t) > 1)
+    if not tokens:
+        return None
+    return re.compile("|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True)))
+
+
+def escape_control_tokens(text: str, tokenizer: PreTrainedTokenizerBase) -> str:
+    """``text`` with every string the tokenizer would read as one added token (``<|im_end|>``,
+    ``<|im_start|>``, ``<|endoftext|>``, ...) broken by :data:`CONTROL_TOKEN_BREAK`.
+
+    Chat messages, retrieved passages and training answers are untrusted text: unescaped, a question holding
+    ``<|im_end|>\n<|im_start|>system`` would close its turn and open a forged system turn. Every prompt and
+    every training target goes through here (:func:`render_prompt`), so what a model is trained on is what it
+    is served; only the chat template itself writes control tokens.
+    """
+    pattern = _control_token_pattern(tuple(tokenizer.get_added_vocab()))
+    if pattern is None or not text:
+        return text
+    return pattern.sub(lambda m: m.group(0)[0] + CONTROL_TOKEN_BREAK + m.group(0)[1:], text)
+
+
 def render_prompt(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message]) -> str:
-    """Render messages with the tokenizer's chat template, ending where the assistant starts to speak."""
-    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+    """Render messages with the tokenizer's chat template, ending where the assistant starts to speak.
+
+    Message contents are escaped first (:func:`escape_control_tokens`): only the template writes turn markers.
+    """
+    safe = [{**m, "content": escape_control_tokens(m["content"], tokenizer)} for m in messages]
+    return tokenizer.apply_chat_template(safe, tokenize=False, add_generation_prompt=True)
+
+
+def _last_true(lo: int, hi: int, ok: Callable[[int], bool]) -> int | None:
+    """The largest n in [lo, hi] with ``ok(n)``, for ``ok`` true up to some n and false after; None if none."""
+    if not ok(lo):
+        return None
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def build_prompt(
@@ -155,9 +200,13 @@ def build_prompt(
     """The exact string the generator is conditioned on, for training, serving and evaluation alike.
 
     With ``max_tokens``, a prompt that would be longer is shortened in the middle, never at its ends: the
-    lowest-ranked passages go first (down to the best one), then the oldest history turns, then the best
-    passage is halved (down to 200 characters) and finally dropped. The system prompt and the question always
-    stay; the generation engines never cut a prompt themselves.
+    lowest-ranked passages go first (down to the best one), then the oldest history turns (two messages at a
+    time), then the best passage is halved (down to 200 characters) and finally dropped. The system prompt and
+    the question always stay; the generation engines never cut a prompt themselves.
+
+    The shortest cut that fits is found by search, not by dropping one piece per render: the number of
+    renders grows with the logarithm of the passage and history counts, and the history renders probe from
+    the newest turns outwards, so their cost follows what fits in ``max_tokens``, not how much a client sent.
 
     Raises:
         ValueError: the question is empty, or system prompt + question alone exceed ``max_tokens``.
@@ -165,27 +214,58 @@ def build_prompt(
     passages = list(passages) if passages is not None else None
     history = list(history)
 
-    def render() -> str:
-        return render_prompt(tokenizer, template.build_messages(question, passages, history, with_examples=with_examples))
+    def render(kept: list[ContextPassage] | None, turns: list[Message]) -> str:
+        return render_prompt(tokenizer, template.build_messages(question, kept, turns, with_examples=with_examples))
 
-    prompt = render()
+    prompt = render(passages, history)
     if max_tokens is None:
         return prompt
-    while (length := len(tokenizer(prompt, add_special_tokens=False).input_ids)) > max_tokens:
-        if passages and len(passages) > 1:
-            passages.pop()
-        elif history:
-            history = history[2:]
-        elif passages and len(passages[0].text) > 200:
-            best = passages[0]
-            passages = [ContextPassage(best.doc_id, best.title, best.text[: len(best.text) // 2])]
-        elif passages:
-            passages = []
-        else:
-            raise ValueError(f"the question needs {length} prompt tokens with the system prompt alone; the limit "
-                             f"(generation.max_context_tokens) is {max_tokens}: ask a shorter question")
-        prompt = render()
-    return prompt
+
+    def fits(text: str) -> bool:
+        return len(tokenizer(text, add_special_tokens=False).input_ids) <= max_tokens
+
+    if fits(prompt):
+        return prompt
+    # 1. Fewer passages (at least the best one), the whole history.
+    if passages and len(passages) > 1:
+        n = _last_true(1, len(passages) - 1, lambda k: fits(render(passages[:k], history)))
+        if n is not None:
+            return render(passages[:n], history)
+        passages = passages[:1]
+    # 2. The best passage (if any) and the newest k history pairs: the oldest messages go two at a time.
+    if history:
+        pairs = (len(history) + 1) // 2
+
+        def newest(k: int) -> list[Message]:
+            return history[2 * (pairs - k):]
+
+        @cache
+        def ok(k: int) -> bool:
+            return fits(render(passages, newest(k)))
+
+        if ok(0):
+            # Probe 1, 2, 4, ... kept pairs until one does not fit, then bisect below it.
+            good, probe = 0, 1
+            while probe < pairs and ok(probe):
+                good, probe = probe, probe * 2
+            best = _last_true(good, min(probe, pairs) - 1, ok)
+            return render(passages, newest(best or 0))
+        history = []
+    # 3. No history, and it does not fit yet: halve the best passage, then drop it.
+    while passages and len(passages[0].text) > 200:
+        top = passages[0]
+        passages = [ContextPassage(top.doc_id, top.title, top.text[: len(top.text) // 2])]
+        prompt = render(passages, history)
+        if fits(prompt):
+            return prompt
+    if passages:
+        passages = []
+        prompt = render(passages, history)
+        if fits(prompt):
+            return prompt
+    length = len(tokenizer(prompt, add_special_tokens=False).input_ids)
+    raise ValueError(f"the question needs {length} prompt tokens with the system prompt alone; the limit "
+                     f"(generation.max_context_tokens) is {max_tokens}: ask a shorter question")
 
 
 @lru_cache(maxsize=8)

@@ -359,6 +359,22 @@ class ServerSettings(BaseModel):
     max_upload_request_bytes: int = Field(32_000_000, gt=0, description="Largest multipart upload request (all files together).")
     parse_timeout_s: float = Field(20.0, gt=0, description="Time budget for parsing one uploaded file (a killed child process).")
     parse_memory_mb: int = Field(1024, ge=16, description="Memory budget for parsing one uploaded file.")
+    max_upload_files: int = Field(64, gt=0, description="Most files in one multipart upload (parts beyond it: 413).")
+    max_messages: int = Field(256, gt=0, description="Most messages in one chat-completions request.")
+    max_message_chars: int = Field(32_000, gt=0, description="Longest message in one chat-completions request.")
+    max_request_chars: int = Field(
+        200_000, gt=0, description="Most message characters in one chat-completions request, all messages together.")
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses whose X-Forwarded-For / X-Forwarded-Proto are believed (uvicorn's forwarded_allow_ips). "
+                    "Empty: no proxy is trusted and the rate limiter keys on the connecting address.")
+    shutdown_timeout_s: float = Field(
+        5.0, gt=0, description="On SIGTERM, how long open requests may finish before they are cancelled.")
+    conversation_page_size: int = Field(100, gt=0, le=1000, description="Messages per page of GET /v1/conversations/{id}.")
+    request_log_unauthenticated_per_minute: int = Field(
+        60, ge=0, description="Request-log rows per minute for refused calls without a known key (401/403/429); "
+                              "the rest are counted in tunerag_request_log_dropped_total, not stored.")
+    request_log_retention_days: float = Field(30.0, gt=0, description="Request-log rows older than this are deleted.")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite in data_dir.")
     generation_backend: Literal["local", "openai"] = "local"
     openai_base_url: str | None = None

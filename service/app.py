@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -34,7 +35,9 @@ from service.documents import DocumentService
 from service.jobs import JobRunner
 from service.middleware import (
     REQUEST_ID,
+    RequestLogBudget,
     content_type_middleware,
+    origin_middleware,
     request_id_middleware,
     request_log_middleware,
 )
@@ -68,6 +71,10 @@ def _unexpected(request: Request, exc: Exception) -> Response[dict[str, object]]
     """Any other exception: logged with its traceback and request id; the client sees no paths or internals."""
     if isinstance(exc, UnicodeDecodeError):  # a body that is not UTF-8, found while decoding it
         return _http_error(request, HTTPException(status_code=400, detail="request body is not valid UTF-8"))
+    if isinstance(exc, RecursionError):  # the JSON decoder's nesting limit, hit while decoding the body
+        return _http_error(request, HTTPException(
+            status_code=400, detail=f"request body nests too deeply: JSON is decoded to at most ~{sys.getrecursionlimit()} "
+                                    "levels of arrays and objects, and no field of this API needs more than 3"))
     request_id = REQUEST_ID.get()
     logger.exception("unexpected error in %s %s (request id %s)", request.method, request.url.path, request_id)
     return Response({"status_code": 500, "error": "InternalServerError",
@@ -127,6 +134,12 @@ def create_app(settings: Settings | None = None, *, backend: GenerationBackend |
         # Work outside a request (jobs, the request log, a stream's final turn) opens its own sessions.
         sessions: async_sessionmaker[AsyncSession] = db.create_session_maker()
         app.state.sessions = sessions
+        budget = RequestLogBudget(settings.server.request_log_unauthenticated_per_minute,
+                                  settings.server.request_log_retention_days)
+        pruned = await budget.prune(sessions)
+        if pruned:
+            logger.info("request log: %d row(s) older than %s days deleted", pruned, settings.server.request_log_retention_days)
+        app.state.request_log_budget = budget
         runner = JobRunner(sessions)
         recovered = await runner.recover()
         if recovered:
@@ -166,6 +179,7 @@ def create_app(settings: Settings | None = None, *, backend: GenerationBackend |
         middleware=[
             request_id_middleware,
             request_log_middleware,
+            origin_middleware,
             RateLimitConfig(rate_limit=("minute", server.rate_limit_per_minute), exclude=["/health", "/ready", "/metrics"],
                             identifier_for_request=rate_limit_identity).middleware,
             content_type_middleware,
@@ -173,6 +187,8 @@ def create_app(settings: Settings | None = None, *, backend: GenerationBackend |
         ],
         cors_config=CORSConfig(allow_origins=server.cors_origins) if server.cors_origins else None,
         request_max_body_size=server.max_request_bytes,
+        # A few parts beyond the file limit for the form's other fields; the upload route names the limit.
+        multipart_form_part_limit=server.max_upload_files + 8,
         openapi_config=OpenAPIConfig(title="tunerag", version="0.1.0",
                                      description="Support chat with fine-tuned retrieval and a LoRA-adapted generator."),
         state=State({"settings": settings}),

@@ -24,10 +24,11 @@ Scope = str
 
 
 def presented_key(connection: ASGIConnection) -> str | None:
+    """The key of ``Authorization: Bearer <key>``, else of ``X-API-Key``; an empty one counts as absent."""
     header = connection.headers.get("authorization", "")
-    if header.lower().startswith("bearer "):
-        return header[7:].strip() or None
-    return connection.headers.get("x-api-key") or None
+    if header.lower().startswith("bearer ") and header[7:].strip():
+        return header[7:].strip()
+    return connection.headers.get("x-api-key", "").strip() or None
 
 
 def key_id(key: str) -> str:

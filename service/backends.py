@@ -200,8 +200,9 @@ class ContinuousBackend:
         def put(kind: str, payload: Any) -> None:
             loop.call_soon_threadsafe(events.put_nowait, (kind, payload))
 
+        prompt_ids = await anyio.to_thread.run_sync(lambda: self.tokenizer(prompt, add_special_tokens=False).input_ids)
         request = EngineRequest(
-            prompt_ids=self.tokenizer(prompt, add_special_tokens=False).input_ids, adapter=adapter,
+            prompt_ids=prompt_ids, adapter=adapter,
             max_new_tokens=max_new_tokens or self.config.max_new_tokens,
             temperature=self.config.temperature if temperature is None else temperature, top_p=self.config.top_p,
             repetition_penalty=self.config.repetition_penalty,

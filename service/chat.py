@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ from core.errors import InvalidInputError
 from core.prompt import CITATION, MODES, Message, Mode, build_prompt, load_template
 from retrieval.search import Retriever, SearchResult
 from service.state import ServiceState
+from service.stop import StopScanner
 
 
 @dataclass
@@ -114,7 +116,12 @@ class ChatService:
         began = time.perf_counter()
         results = await self._retrieve(p.retriever, question, top_k, filters)
         retrieval_ms = (time.perf_counter() - began) * 1000
-        return p, results, self._prompt(p, question, results, history), retrieval_ms
+        # Rendering and tokenizing cost grows with the history a client sends: never on the event loop.
+        prompt = await anyio.to_thread.run_sync(self._prompt, p, question, results, history)
+        return p, results, prompt, retrieval_ms
+
+    def _count_tokens(self, *texts: str) -> list[int]:
+        return [len(self.state.tokenizer(t, add_special_tokens=False).input_ids) for t in texts]
 
     def _answer(self, p: Plan, results: list[SearchResult] | None, prompt: str, text: str, prompt_tokens: int,
                 completion_tokens: int, timings: dict[str, float], finish_reason: str) -> Answer:
@@ -131,7 +138,15 @@ class ChatService:
     async def answer(self, question: str, history: Sequence[Message] = (), mode: str = "combined",
                      top_k: int | None = None, filters: dict[str, Any] | None = None, *,
                      adapter: str | None = None, max_new_tokens: int | None = None,
-                     temperature: float | None = None) -> Answer:
+                     temperature: float | None = None, stop: Sequence[str] = ()) -> Answer:
+        if stop:  # the stream stops the generation at the stop sequence, on every backend
+            _, pieces = await self.stream(question, history, mode, top_k, filters, adapter=adapter,
+                                          max_new_tokens=max_new_tokens, temperature=temperature, stop=stop)
+            async with aclosing(pieces):
+                async for piece in pieces:
+                    if isinstance(piece, Answer):
+                        return piece
+            raise RuntimeError("the answer stream ended without an answer")  # pragma: no cover
         began = time.perf_counter()
         p, results, prompt, retrieval_ms = await self.prepare(question, history, mode, top_k, filters, adapter)
         gen_began = time.perf_counter()
@@ -144,8 +159,11 @@ class ChatService:
     async def stream(self, question: str, history: Sequence[Message] = (), mode: str = "combined",
                      top_k: int | None = None, filters: dict[str, Any] | None = None, *,
                      adapter: str | None = None, max_new_tokens: int | None = None,
-                     temperature: float | None = None) -> tuple[Plan, AsyncIterator[str | Answer]]:
-        """Plan and retrieve now (so errors surface before streaming starts); yield text pieces, then the Answer."""
+                     temperature: float | None = None, stop: Sequence[str] = ()) -> tuple[Plan, AsyncIterator[str | Answer]]:
+        """Plan and retrieve now (so errors surface before streaming starts); yield text pieces, then the Answer.
+
+        With ``stop``, the answer ends before the first stop sequence and the generation is cancelled there.
+        """
         began = time.perf_counter()
         p, results, prompt, retrieval_ms = await self.prepare(question, history, mode, top_k, filters, adapter)
 
@@ -153,20 +171,29 @@ class ChatService:
             parts: list[str] = []
             first_token_ms = None
             gen_began = time.perf_counter()
-            async for piece in self.state.backend.stream(prompt, p.adapter, max_new_tokens, temperature):
-                if first_token_ms is None:
-                    first_token_ms = (time.perf_counter() - began) * 1000
-                parts.append(piece)
-                yield piece
+            scanner = StopScanner(stop)
+            generated = self.state.backend.stream(prompt, p.adapter, max_new_tokens, temperature)
+            async with aclosing(generated):  # leaving early (a stop) cancels the generation now
+                async for raw in generated:
+                    piece = scanner.feed(raw)
+                    if piece:
+                        if first_token_ms is None:
+                            first_token_ms = (time.perf_counter() - began) * 1000
+                        parts.append(piece)
+                        yield piece
+                    if scanner.stopped:
+                        break
+            if tail := scanner.flush():
+                parts.append(tail)
+                yield tail
             text = "".join(parts).strip()
-            tokenizer = self.state.tokenizer
-            prompt_tokens = len(tokenizer(prompt, add_special_tokens=False).input_ids)
-            completion_tokens = len(tokenizer(text, add_special_tokens=False).input_ids)
+            prompt_tokens, completion_tokens = await anyio.to_thread.run_sync(self._count_tokens, prompt, text)
             # The stream does not carry the EOS; an answer that used the whole budget was cut by it.
             budget = max_new_tokens or self.state.settings.generation.max_new_tokens
+            finish = "stop" if scanner.stopped or completion_tokens < budget else "length"
             yield self._answer(p, results, prompt, text, prompt_tokens, completion_tokens, {
                 "retrieval": retrieval_ms, "first_token": first_token_ms or 0.0,
                 "generation": (time.perf_counter() - gen_began) * 1000, "total": (time.perf_counter() - began) * 1000},
-                "length" if completion_tokens >= budget else "stop")
+                finish)
 
         return p, pieces()

@@ -88,17 +88,9 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (default: server.port).")] = None,
 ) -> None:
     """Start the HTTP API."""
-    import uvicorn
+    from service.server import run_server
 
-    from service.app import create_app
-
-    settings = _settings(ctx)
-    uvicorn.run(
-        create_app(settings),
-        host=host or settings.server.host,
-        port=port or settings.server.port,
-        log_level=settings.log_level.lower(),
-    )
+    run_server(_settings(ctx), host=host, port=port)
 
 
 @models_app.command("prepare")

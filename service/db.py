@@ -20,8 +20,10 @@ class Conversation(UUIDAuditBase):
     __tablename__ = "conversation"
 
     api_key_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    # Never loaded whole (a conversation can be long): handlers page through Message with queries.
     messages: Mapped[list[Message]] = relationship(
-        back_populates="conversation", order_by="Message.created_at", lazy="selectin", cascade="all, delete-orphan"
+        back_populates="conversation", order_by="Message.created_at", lazy="raise", cascade="all, delete-orphan",
+        passive_deletes=True,
     )
 
 
@@ -52,7 +54,8 @@ class Job(UUIDAuditBase):
 
 
 class Feedback(UUIDAuditBase):
-    """A user's rating of one assistant answer; exported later as training data."""
+    """A user's rating of one assistant answer; exported later as training data. One row per answer: a new
+    rating of the same answer (only its conversation's key or an admin may rate it) replaces the old one."""
 
     __tablename__ = "feedback"
 

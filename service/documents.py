@@ -35,6 +35,12 @@ _FORMAT_SUFFIX = {"markdown": ".md", "text": ".txt", "html": ".html"}
 META_DIR = ".meta"
 
 
+def _public_source(source: str) -> str:
+    """A source as an error message may show it: the file's name (and line), never the server's path."""
+    path, _, line = source.partition("#")
+    return f"indexed source file {Path(path).name}{'#' + line if line else ''}"
+
+
 @dataclass(frozen=True)
 class StoredDocument:
     """One document the knowledge base knows of, indexed or only uploaded so far."""
@@ -171,7 +177,7 @@ class DocumentService:
             manifest = index_store.read_manifest(self.settings.paths.index_dir)
             for doc_id, entry in (manifest.documents if manifest else {}).items():
                 if not self.is_upload(entry.source):
-                    owners[doc_id] = entry.source
+                    owners[doc_id] = _public_source(entry.source)
             seen: dict[str, str] = {}
             for name, docs in parsed.items():
                 for doc in docs:
@@ -222,6 +228,6 @@ class DocumentService:
                 return name
         manifest = index_store.read_manifest(self.settings.paths.index_dir)
         if manifest and doc_id in manifest.documents:
-            raise ConflictError(f"document {doc_id!r} comes from {manifest.documents[doc_id].source}, not an "
+            raise ConflictError(f"document {doc_id!r} comes from {_public_source(manifest.documents[doc_id].source)}, not an "
                                 "upload; remove it from that source and refresh the index")
         raise NotFoundError(f"document {doc_id!r} not found")

@@ -77,9 +77,20 @@ class OpenAIMessage(Struct):
     content: str
 
 
+StopSequence = Annotated[str, Meta(max_length=200)]
+
+
 class ChatCompletionRequest(Struct):
+    """OpenAI's request body; fields tunerag does not know are accepted and ignored, as OpenAI servers do.
+
+    Message counts and lengths are checked against the settings (``server.max_messages``, ...) in the handler,
+    before anything is rendered or tokenized.
+    """
+
     messages: Annotated[list[OpenAIMessage], Meta(min_length=1)]
     model: str = "tunerag"
+    n: Annotated[int, Meta(ge=1)] = 1
+    stop: StopSequence | Annotated[list[StopSequence], Meta(max_length=4)] | None = None
     stream: bool = False
     max_tokens: MaxTokens | None = None
     temperature: Temperature | None = None

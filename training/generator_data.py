@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Literal
 
 from core.errors import InvalidInputError
 from core.jsonl import read_jsonl
-from core.prompt import CITATION, ContextPassage, Message, PromptTemplate, build_prompt
+from core.prompt import CITATION, ContextPassage, Message, PromptTemplate, build_prompt, escape_control_tokens
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -236,7 +236,7 @@ def build_rows(
         for offset in range(repeats):
             passages = _passages_for(ex, chosen, retriever, cfg.top_k, rng, offset, other)
             prompt = build_prompt(template, tokenizer, ex.question, passages, ex.history_messages)
-            rows.append(TrainingRow(ex.id, chosen, prompt, answer + tokenizer.eos_token, list(ex.doc_ids),
+            rows.append(TrainingRow(ex.id, chosen, prompt, escape_control_tokens(answer, tokenizer) + tokenizer.eos_token, list(ex.doc_ids),
                                     [p.doc_id for p in passages or []]))
     return rows
 

@@ -27,7 +27,7 @@ from core import artifacts
 from core.errors import ConfigError, InvalidInputError, NotFoundError
 from core.jsonl import read_jsonl
 from core.models import load_generator, resolve_device, resolve_generator
-from core.prompt import ContextPassage, build_prompt, load_template
+from core.prompt import ContextPassage, build_prompt, escape_control_tokens, load_template
 from core.refusal import REFUSAL_FILE, write_refusal
 from core.settings import GeneratorTrainingSettings, Settings
 from retrieval import index_store
@@ -355,7 +355,8 @@ def train_dpo(settings: Settings, pairs_file: Path, sft: artifacts.Artifact,
     tokenizer.padding_side = "right"
     template = load_template(settings)
     rows = [{"prompt": build_prompt(template, tokenizer, p["question"], p["context"]),
-             "chosen": p["chosen"] + tokenizer.eos_token, "rejected": p["rejected"] + tokenizer.eos_token} for p in pairs]
+             "chosen": escape_control_tokens(p["chosen"], tokenizer) + tokenizer.eos_token,
+             "rejected": escape_control_tokens(p["rejected"], tokenizer) + tokenizer.eos_token} for p in pairs]
     model = PeftModel.from_pretrained(model, str(sft.path / "adapter"), is_trainable=True)
     artifact_id = artifacts.new_artifact_id("adapter")
     workdir = artifacts.run_dir(settings, "adapter", artifact_id)

@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import FromPath
+from litestar.params import FromPath, Parameter
 from litestar.response import ServerSentEvent
 from msgspec import to_builtins
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.errors import NotFoundError
@@ -23,6 +23,7 @@ from service.chat import Answer, ChatService
 from service.db import Conversation, Feedback, Message
 from service.disconnect import unless_disconnected
 from service.schemas import ChatRequest, ChatResponse, FeedbackRequest, FeedbackResponse, Source, Usage
+from service.state import ServiceState
 
 HISTORY_TURNS = 6  # earlier messages sent back to the model with a follow-up question
 
@@ -38,10 +39,14 @@ async def owned_conversation(session: AsyncSession, conversation_id: uuid.UUID, 
 
 
 async def load_history(session: AsyncSession, conversation_id: uuid.UUID | None, request: Request) -> list[PromptMessage]:
+    """The conversation's last ``HISTORY_TURNS`` messages, oldest first (read with a limit, however long it is)."""
     if conversation_id is None:
         return []
-    conversation = await owned_conversation(session, conversation_id, request)
-    return [{"role": m.role, "content": m.content} for m in conversation.messages][-HISTORY_TURNS:]
+    await owned_conversation(session, conversation_id, request)
+    query = (select(Message).where(Message.conversation_id == conversation_id)
+             .order_by(Message.created_at.desc(), Message.id.desc()).limit(HISTORY_TURNS))
+    latest = (await session.execute(query)).scalars().all()
+    return [{"role": m.role, "content": m.content} for m in reversed(latest)]
 
 
 async def store_turn(session: AsyncSession, conversation_id: uuid.UUID | None, question: str, answer: Answer,
@@ -109,17 +114,28 @@ class ChatController(Controller):
 
         return ServerSentEvent(events())
 
-    @get("/conversations/{conversation_id:uuid}", summary="A conversation's messages.")
-    async def conversation(self, conversation_id: FromPath[uuid.UUID], request: Request,
-                           db_session: AsyncSession) -> dict[str, Any]:
+    @get("/conversations/{conversation_id:uuid}", summary="A conversation's messages, a page at a time.")
+    async def conversation(self, conversation_id: FromPath[uuid.UUID], request: Request, db_session: AsyncSession,
+                           service_state: NamedDependency[ServiceState],
+                           offset: Annotated[int, Parameter(ge=0)] = 0,
+                           limit: Annotated[int | None, Parameter(ge=1)] = None) -> dict[str, Any]:
+        """Messages oldest first from ``offset``; at most ``limit`` (default and cap:
+        ``server.conversation_page_size``). ``next_offset`` is null on the last page."""
         conversation = await owned_conversation(db_session, conversation_id, request)
-        return {"id": str(conversation.id), "messages": [
-                {"id": str(m.id), "role": m.role, "content": m.content, "details": m.details,
-                 "created_at": m.created_at.isoformat()} for m in conversation.messages]}
+        page_size = service_state.settings.server.conversation_page_size
+        limit = min(limit or page_size, page_size)
+        of_it = Message.conversation_id == conversation_id
+        total = (await db_session.execute(select(func.count()).select_from(Message).where(of_it))).scalar_one()
+        rows = (await db_session.execute(select(Message).where(of_it).order_by(Message.created_at, Message.id)
+                                         .offset(offset).limit(limit))).scalars().all()
+        return {"id": str(conversation.id), "total": total, "offset": offset, "limit": limit,
+                "next_offset": offset + len(rows) if offset + len(rows) < total else None,
+                "messages": [{"id": str(m.id), "role": m.role, "content": m.content, "details": m.details,
+                              "created_at": m.created_at.isoformat()} for m in rows]}
 
     @post("/chat/{conversation_id:uuid}/feedback", summary="Rate an answer (defaults to the latest one).", status_code=201)
     async def feedback(self, conversation_id: FromPath[uuid.UUID], data: FeedbackRequest, request: Request,
-                       db_session: AsyncSession) -> FeedbackResponse:
+                       db_session: AsyncSession) -> Response[FeedbackResponse]:
         await owned_conversation(db_session, conversation_id, request)
         query = select(Message).where(Message.conversation_id == conversation_id, Message.role == "assistant")
         if data.message_id is not None:
@@ -128,7 +144,14 @@ class ChatController(Controller):
         if message is None:
             what = f"message {data.message_id}" if data.message_id else "an answer"
             raise NotFoundError(f"{what} not found in conversation {conversation_id}")
-        feedback = Feedback(message_id=message.id, rating=data.rating, comment=data.comment)
-        db_session.add(feedback)
+        # One rating per answer: rating it again (a change of mind, a client retrying) replaces the rating.
+        feedback = (await db_session.execute(select(Feedback).where(Feedback.message_id == message.id)
+                                             .order_by(Feedback.created_at))).scalars().first()
+        replaced = feedback is not None
+        if feedback is None:
+            feedback = Feedback(message_id=message.id, rating=data.rating, comment=data.comment)
+            db_session.add(feedback)
+        else:
+            feedback.rating, feedback.comment = data.rating, data.comment
         await db_session.flush()
-        return FeedbackResponse(feedback.id, message.id, feedback.rating)
+        return Response(FeedbackResponse(feedback.id, message.id, feedback.rating), status_code=200 if replaced else 201)

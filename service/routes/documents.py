@@ -14,8 +14,9 @@ from typing import Any
 import anyio
 import msgspec
 from litestar import Controller, Request, delete, get, post
-from litestar.datastructures import UploadFile
+from litestar.datastructures import FormMultiDict, UploadFile
 from litestar.di import NamedDependency
+from litestar.exceptions import ClientException
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.params import FromPath
 
@@ -38,6 +39,17 @@ async def _read_limited(request: Request, limit: int) -> bytes:
             raise RequestEntityTooLarge(detail=f"request body exceeds the {limit}-byte limit (server.max_upload_bytes)")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def _read_form(request: Request, max_files: int) -> FormMultiDict:
+    """The multipart form; 413 naming ``server.max_upload_files`` when it has more parts than the app allows."""
+    try:
+        return await request.form()
+    except ClientException as exc:
+        if exc.detail == "Request Entity Too Large":  # Litestar's multipart part limit (set from max_upload_files)
+            raise RequestEntityTooLarge(detail=f"the upload has more parts than the {max_files} files allowed in one "
+                                               "request (server.max_upload_files)") from None
+        raise
 
 
 def _decode_documents(body: bytes) -> DocumentsIn:
@@ -66,14 +78,17 @@ class DocumentController(Controller):
                      document_service: NamedDependency[DocumentService],
                      job_runner: NamedDependency[JobRunner]) -> dict[str, Any]:
         limits = service_state.settings.server
-        content_type = request.headers.get("content-type", "")
+        content_type = request.headers.get("content-type", "").lower()
         staging = await anyio.to_thread.run_sync(document_service.new_staging)
         try:
             if content_type.startswith("multipart/form-data"):
-                form = await request.form()
+                form = await _read_form(request, limits.max_upload_files)
                 files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
                 if not files:
                     raise InvalidInputError("multipart upload has no files (send them as form field 'files')")
+                if len(files) > limits.max_upload_files:
+                    raise RequestEntityTooLarge(detail=f"{len(files)} files in one upload; at most "
+                                                       f"{limits.max_upload_files} (server.max_upload_files)")
                 refresh = str(form.get("refresh", "true")).lower() != "false"
                 for upload in files:
                     name = safe_file_name(upload.filename or "")
@@ -105,7 +120,9 @@ class DocumentController(Controller):
     async def delete_document(self, doc_id: FromPath[str], service_state: NamedDependency[ServiceState],
                               document_service: NamedDependency[DocumentService],
                               job_runner: NamedDependency[JobRunner]) -> dict[str, Any]:
-        doc_id = validate_doc_id(str(doc_id).lstrip("/"), "path")
+        # The path parameter keeps the URL's own slashes: '/v1/documents//id/' names no valid id.
+        raw = str(doc_id)
+        doc_id = validate_doc_id(raw[1:] if raw.startswith("/") else raw, "path")
         file_name = await anyio.to_thread.run_sync(document_service.delete, doc_id)
         job = await start_index_job(job_runner, service_state, "index.refresh", rebuild=False)
         return {"deleted": doc_id, "file": file_name, "job_id": str(job.id)}

@@ -3,6 +3,10 @@
 ``model`` picks the generator: ``tunerag`` (the active adapter, or the base when none is active),
 ``base``, or an adapter id. Retrieval is on unless the request sets ``"retrieval": false``. Client system
 messages are ignored: the house-style system prompt is part of the template the adapter was trained on.
+``stop`` is honoured on every engine (:mod:`service.stop`); ``n`` must be 1.
+
+A request's size is checked before any rendering or tokenizing: at most ``server.max_messages`` messages,
+``server.max_message_chars`` characters each and ``server.max_request_chars`` in all (413 naming the limit).
 """
 
 from __future__ import annotations
@@ -15,14 +19,16 @@ from typing import Any
 
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.response import ServerSentEvent
 
 from core import artifacts
-from core.errors import InvalidInputError, NotFoundError
+from core.errors import InvalidInputError, NotFoundError, UnsupportedRequestError
+from core.settings import ServerSettings
 from service.auth import requires
 from service.chat import Answer, ChatService
 from service.disconnect import unless_disconnected
-from service.schemas import ChatCompletionRequest
+from service.schemas import ChatCompletionRequest, OpenAIMessage
 from service.state import ServiceState
 
 
@@ -40,6 +46,22 @@ async def resolve_model(state: ServiceState, model: str) -> str | None:
     if artifact.id not in state.backend.loaded_adapters():
         await state.backend.load_adapter(artifact.id, artifact.path / "adapter")
     return artifact.id
+
+
+def check_size(messages: list[OpenAIMessage], limits: ServerSettings) -> None:
+    """413 naming the limit when the messages are more or longer than the server takes (counts only)."""
+    if len(messages) > limits.max_messages:
+        raise RequestEntityTooLarge(detail=f"{len(messages)} messages; at most {limits.max_messages} are accepted "
+                                           "(server.max_messages)")
+    total = 0
+    for i, message in enumerate(messages):
+        if len(message.content) > limits.max_message_chars:
+            raise RequestEntityTooLarge(detail=f"messages[{i}] has {len(message.content)} characters; at most "
+                                               f"{limits.max_message_chars} are accepted (server.max_message_chars)")
+        total += len(message.content)
+    if total > limits.max_request_chars:
+        raise RequestEntityTooLarge(detail=f"the messages hold {total} characters; at most {limits.max_request_chars} "
+                                           "are accepted in one request (server.max_request_chars)")
 
 
 def _usage(answer: Answer) -> dict[str, int]:
@@ -60,14 +82,18 @@ class OpenAIController(Controller):
     @post("/chat/completions", summary="OpenAI-compatible chat completion with retrieval.", status_code=200)
     async def completions(self, data: ChatCompletionRequest, chat_service: NamedDependency[ChatService],
                           service_state: NamedDependency[ServiceState], request: Request) -> Response[Any]:
+        check_size(data.messages, service_state.settings.server)
+        if data.n != 1:
+            raise UnsupportedRequestError(f"n must be 1: tunerag returns one choice per request; got n={data.n}")
         turns = [m for m in data.messages if m.role != "system"]
         if not turns or turns[-1].role != "user":
             raise InvalidInputError("messages must end with a user message")
         history = [{"role": m.role, "content": m.content} for m in turns[:-1]]
         adapter = await resolve_model(service_state, data.model)
         mode = ("combined" if adapter else "rag") if data.retrieval else ("ft" if adapter else "prompt")
+        stop = [data.stop] if isinstance(data.stop, str) else list(data.stop or ())
         kwargs = {"mode": mode, "top_k": data.top_k, "adapter": adapter, "max_new_tokens": data.max_tokens,
-                  "temperature": data.temperature}
+                  "temperature": data.temperature, "stop": stop}
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         if not data.stream:
             answer = await unless_disconnected(request, chat_service.answer(turns[-1].content, history, **kwargs))
