@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from typing import Any
+from urllib.parse import unquote
 
 import anyio
 import msgspec
@@ -117,12 +118,14 @@ class DocumentController(Controller):
         return result
 
     @delete("/documents/{doc_id:path}", summary="Delete an uploaded document; refreshes the index.", status_code=202)
-    async def delete_document(self, doc_id: FromPath[str], service_state: NamedDependency[ServiceState],
+    async def delete_document(self, doc_id: FromPath[str], request: Request, service_state: NamedDependency[ServiceState],
                               document_service: NamedDependency[DocumentService],
                               job_runner: NamedDependency[JobRunner]) -> dict[str, Any]:
-        # The path parameter keeps the URL's own slashes: '/v1/documents//id/' names no valid id.
-        raw = str(doc_id)
-        doc_id = validate_doc_id(raw[1:] if raw.startswith("/") else raw, "path")
+        # The router normalizes '/v1/documents//id/' to '.../id': the id is read from the path as sent, so
+        # extra slashes name no document instead of another one.
+        raw = request.scope.get("raw_path") or request.scope["path"].encode()
+        sent = unquote(raw.decode("latin-1").split("?", 1)[0]).split("/v1/documents/", 1)[-1]
+        doc_id = validate_doc_id(sent, "path")
         file_name = await anyio.to_thread.run_sync(document_service.delete, doc_id)
         job = await start_index_job(job_runner, service_state, "index.refresh", rebuild=False)
         return {"deleted": doc_id, "file": file_name, "job_id": str(job.id)}
