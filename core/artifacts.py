@@ -1,4 +1,4 @@
-"""Versioned training artifacts (fine-tuned embedders, LoRA adapters) and which one is active.
+"""Versioned training artifacts (fine-tuned embedders, LoRA adapters, answerability verifiers) and which one is active.
 
 Layout under ``<data_dir>/artifacts/<kind>/``::
 
@@ -27,8 +27,8 @@ from typing import Any, Literal
 from core.errors import NotFoundError
 from core.settings import Settings
 
-ArtifactKind = Literal["embedder", "adapter"]
-KINDS: tuple[ArtifactKind, ...] = ("embedder", "adapter")
+ArtifactKind = Literal["embedder", "adapter", "verifier"]
+KINDS: tuple[ArtifactKind, ...] = ("embedder", "adapter", "verifier")
 ALIASES = ("latest", "active")
 
 

@@ -319,6 +319,36 @@ class GeneratorTrainingSettings(BaseModel):
         return self
 
 
+class VerifierTrainingSettings(BaseModel):
+    """Defaults for `tunerag train verifier`: a cross-encoder that says whether retrieved passages answer a
+    question (sentence-transformers ``CrossEncoder`` names)."""
+
+    chat_files: list[Path] = Field(
+        default_factory=lambda: [SAMPLE_DIR / "chat_train.jsonl"],
+        description="Chat training sets: answers citing documents are answerable with them, uncited answers are not.",
+    )
+    model: str | None = Field(
+        None, description="Model to start from (a folder or hub id); default: the configured embedder (models.embedder), "
+        "whose encoder gets a fresh one-logit head.")
+    top_k: int | None = Field(None, gt=0, description="Passages retrieved per question (default: retrieval.top_k, as served).")
+    max_length: int = Field(256, gt=16, description="Tokens of one (question, passage) pair.")
+    num_train_epochs: float = Field(2.0, gt=0)
+    max_steps: int = Field(-1, description="Stop after N optimizer steps (-1: the epochs decide).")
+    per_device_train_batch_size: int = Field(16, gt=0)
+    learning_rate: float = Field(5e-5, gt=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    folds: int = Field(
+        3, ge=2, description="Cross-fitting folds over the training questions: each fold's model scores the "
+        "questions it did not see, and the threshold is chosen on those out-of-fold scores.")
+    max_false_refusal_rate: float = Field(
+        0.05, gt=0, lt=1, description="The threshold is the highest one whose out-of-fold share of refused "
+        "answerable questions stays at or below this.")
+    min_examples: int = Field(20, ge=1, description="Fewest answerable and fewest unanswerable training pairs accepted.")
+    refusal_answer: str | None = Field(
+        None, description="The reply when the verifier refuses (default: the data's answer to uncited questions).")
+    seed: int = 0
+
+
 class EvalSettings(BaseModel):
     """Defaults for `tunerag eval`: the held-out set, the systems, the house-style rules, the statistics."""
 
@@ -398,6 +428,7 @@ class Settings(BaseSettings):
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     train_embedder: EmbedderTrainingSettings = Field(default_factory=EmbedderTrainingSettings)
     train_generator: GeneratorTrainingSettings = Field(default_factory=GeneratorTrainingSettings)
+    train_verifier: VerifierTrainingSettings = Field(default_factory=VerifierTrainingSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

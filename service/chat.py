@@ -8,6 +8,11 @@ Modes (the same four the evaluation compares):
 
 When no adapter is active, ``ft`` and ``combined`` fall back to the base generator and say so in
 ``notes``; the response always reports the adapter and index versions actually used.
+
+With an answerability verifier active (:mod:`retrieval.answerability`), the retrieval modes judge the
+retrieved context before generating: below the verifier's threshold the answer is its house-style refusal,
+with no generation at all. ``refused`` says an answer is a refusal (the verifier's or the model's own,
+recognised by ``eval.refusal_phrase``); ``answerability`` carries the verifier's score when it ran.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import anyio
 
 from core.errors import InvalidInputError
 from core.prompt import CITATION, MODES, Message, Mode, build_prompt, load_template
+from retrieval.answerability import Answerability, Verifier, pair_text
 from retrieval.search import Retriever, SearchResult
 from service.state import ServiceState
 from service.stop import StopScanner
@@ -35,6 +41,7 @@ class Plan:
     adapter: str | None
     retriever: Retriever | None
     notes: list[str] = field(default_factory=list)
+    verifier: Verifier | None = None
 
 
 @dataclass
@@ -52,6 +59,24 @@ class Answer:
     notes: list[str]
     prompt: str
     finish_reason: str = "stop"
+    refused: bool = False
+    answerability: dict[str, Any] | None = None
+
+
+@dataclass
+class Prepared:
+    """A turn ready to generate: its plan, retrieved results, prompt, timings so far and the verifier's
+    judgement (None when no verifier ran). ``refuses``: the verifier said the context cannot answer."""
+
+    plan: Plan
+    results: list[SearchResult] | None
+    prompt: str
+    timings: dict[str, float]
+    judged: Answerability | None = None
+
+    @property
+    def refuses(self) -> bool:
+        return self.judged is not None and not self.judged.answerable
 
 
 def plan(state: ServiceState, mode: str, adapter: str | None = None) -> Plan:
@@ -68,7 +93,7 @@ def plan(state: ServiceState, mode: str, adapter: str | None = None) -> Plan:
         raise InvalidInputError("retrieval is not available: no index is loaded")
     if mode == "combined" and not state.embedder_is_finetuned():
         notes.append("mode combined: the index uses the base embedder (no fine-tuned embedder is active)")
-    return Plan(mode, chosen, retriever, notes)  # type: ignore[arg-type]
+    return Plan(mode, chosen, retriever, notes, state.verifier if retriever is not None else None)  # type: ignore[arg-type]
 
 
 def cited_ids(text: str, allowed: Sequence[str]) -> list[str]:
@@ -109,31 +134,51 @@ class ChatService:
             raise InvalidInputError(str(exc)) from None
 
     async def prepare(self, question: str, history: Sequence[Message], mode: str, top_k: int | None,
-                      filters: dict[str, Any] | None, adapter: str | None = None) -> tuple[Plan, list[SearchResult] | None, str, float]:
+                      filters: dict[str, Any] | None, adapter: str | None = None) -> Prepared:
+        """Plan, retrieve, judge answerability (when a verifier is active) and build the prompt."""
         if not question or not question.strip():
             raise InvalidInputError("question must not be empty")
         p = plan(self.state, mode, adapter)
         began = time.perf_counter()
         results = await self._retrieve(p.retriever, question, top_k, filters)
-        retrieval_ms = (time.perf_counter() - began) * 1000
+        timings = {"retrieval": (time.perf_counter() - began) * 1000}
+        judged = None
+        if p.verifier is not None and results is not None:
+            verifier, passages = p.verifier, [pair_text(r.title, r.text) for r in results]
+            began = time.perf_counter()
+            judged = await anyio.to_thread.run_sync(lambda: verifier.judge(question, passages))
+            timings["verifier"] = (time.perf_counter() - began) * 1000
+            if not judged.answerable:
+                return Prepared(p, results, "", timings, judged)
         # Rendering and tokenizing cost grows with the history a client sends: never on the event loop.
         prompt = await anyio.to_thread.run_sync(self._prompt, p, question, results, history)
-        return p, results, prompt, retrieval_ms
+        return Prepared(p, results, prompt, timings, judged)
+
+    def _refusal(self, ready: Prepared, began: float) -> Answer:
+        """The verifier's refusal: no generation, nothing cited."""
+        assert ready.judged is not None and ready.plan.verifier is not None
+        answer = self._answer(ready, ready.plan.verifier.refusal, 0, 0,
+                              {**ready.timings, "generation": 0.0, "total": (time.perf_counter() - began) * 1000}, "stop")
+        answer.refused = True
+        return answer
 
     def _count_tokens(self, *texts: str) -> list[int]:
         return [len(self.state.tokenizer(t, add_special_tokens=False).input_ids) for t in texts]
 
-    def _answer(self, p: Plan, results: list[SearchResult] | None, prompt: str, text: str, prompt_tokens: int,
-                completion_tokens: int, timings: dict[str, float], finish_reason: str) -> Answer:
+    def _answer(self, ready: Prepared, text: str, prompt_tokens: int, completion_tokens: int,
+                timings: dict[str, float], finish_reason: str) -> Answer:
+        p, results = ready.plan, ready.results
         context_ids = [r.doc_id for r in results or []]
         cited = cited_ids(text, context_ids)
         # Cited documents first, then the rest of what was retrieved.
         ordered = sorted(results or [], key=lambda r: (r.doc_id not in cited, cited.index(r.doc_id) if r.doc_id in cited else 0))
         version = p.retriever.version if p.retriever else None
+        phrase = self.state.settings.eval.refusal_phrase.lower()
         return Answer(text, p.mode, p.adapter, version.name if version else None,
                       version.manifest.embedder_id if version else None, [_source(r) for r in ordered], cited,
                       prompt_tokens, completion_tokens, {k: round(v, 1) for k, v in timings.items()},
-                      p.notes, prompt, finish_reason)
+                      p.notes, ready.prompt, finish_reason, refused=bool(phrase) and phrase in text.lower(),
+                      answerability=ready.judged.to_json() if ready.judged else None)
 
     async def answer(self, question: str, history: Sequence[Message] = (), mode: str = "combined",
                      top_k: int | None = None, filters: dict[str, Any] | None = None, *,
@@ -148,13 +193,15 @@ class ChatService:
                         return piece
             raise RuntimeError("the answer stream ended without an answer")  # pragma: no cover
         began = time.perf_counter()
-        p, results, prompt, retrieval_ms = await self.prepare(question, history, mode, top_k, filters, adapter)
+        ready = await self.prepare(question, history, mode, top_k, filters, adapter)
+        if ready.refuses:
+            return self._refusal(ready, began)
         gen_began = time.perf_counter()
-        out = await self.state.backend.generate(prompt, p.adapter, max_new_tokens, temperature)
+        out = await self.state.backend.generate(ready.prompt, ready.plan.adapter, max_new_tokens, temperature)
         generation_ms = (time.perf_counter() - gen_began) * 1000
-        return self._answer(p, results, prompt, out.text, out.prompt_tokens, out.completion_tokens,
-                            {"retrieval": retrieval_ms, "generation": generation_ms,
-                             "total": (time.perf_counter() - began) * 1000}, out.finish_reason)
+        return self._answer(ready, out.text, out.prompt_tokens, out.completion_tokens,
+                            {**ready.timings, "generation": generation_ms, "total": (time.perf_counter() - began) * 1000},
+                            out.finish_reason)
 
     async def stream(self, question: str, history: Sequence[Message] = (), mode: str = "combined",
                      top_k: int | None = None, filters: dict[str, Any] | None = None, *,
@@ -165,7 +212,13 @@ class ChatService:
         With ``stop``, the answer ends before the first stop sequence and the generation is cancelled there.
         """
         began = time.perf_counter()
-        p, results, prompt, retrieval_ms = await self.prepare(question, history, mode, top_k, filters, adapter)
+        ready = await self.prepare(question, history, mode, top_k, filters, adapter)
+        p, prompt = ready.plan, ready.prompt
+
+        async def refusal() -> AsyncIterator[str | Answer]:
+            answer = self._refusal(ready, began)
+            yield answer.text
+            yield answer
 
         async def pieces() -> AsyncIterator[str | Answer]:
             parts: list[str] = []
@@ -191,9 +244,9 @@ class ChatService:
             # The stream does not carry the EOS; an answer that used the whole budget was cut by it.
             budget = max_new_tokens or self.state.settings.generation.max_new_tokens
             finish = "stop" if scanner.stopped or completion_tokens < budget else "length"
-            yield self._answer(p, results, prompt, text, prompt_tokens, completion_tokens, {
-                "retrieval": retrieval_ms, "first_token": first_token_ms or 0.0,
+            yield self._answer(ready, text, prompt_tokens, completion_tokens, {
+                **ready.timings, "first_token": first_token_ms or 0.0,
                 "generation": (time.perf_counter() - gen_began) * 1000, "total": (time.perf_counter() - began) * 1000},
                 finish)
 
-        return p, pieces()
+        return p, (refusal() if ready.refuses else pieces())

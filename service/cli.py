@@ -28,7 +28,7 @@ app = typer.Typer(
     add_completion=False,
 )
 models_app = typer.Typer(help="Prepare and inspect the generator and embedder.", no_args_is_help=True)
-train_app = typer.Typer(help="Fine-tune the embedder or the generator.", no_args_is_help=True)
+train_app = typer.Typer(help="Fine-tune the embedder, the generator or the answerability verifier.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(train_app, name="train")
 
@@ -246,6 +246,31 @@ def train_embedder(
     typer.echo(json.dumps({"artifact": artifact.id, "path": str(artifact.path), **summary}, indent=2))
     typer.echo(f"next: `tunerag index --rebuild --embedder artifact:{artifact.id}` (or activate it through "
                "the API) to search with it", err=True)
+
+
+@train_app.command("verifier")
+def train_verifier(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option("--config", help="YAML with training overrides.")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop each training after N optimizer steps.")] = None,
+    activate: Annotated[bool, typer.Option("--activate", help="Make it the active verifier.")] = False,
+) -> None:
+    """Train the answerability verifier: a cross-encoder that refuses what the retrieved context cannot answer."""
+    from core import artifacts
+    from core.settings import VerifierTrainingSettings
+    from training.verifier_recipe import train_verifier as run
+
+    settings = _settings(ctx)
+    cfg = _training_config(settings.train_verifier, VerifierTrainingSettings, config, max_steps)
+    with _library_output_to_stderr():
+        artifact = run(settings, cfg)
+    if activate:
+        artifacts.activate(settings, "verifier", artifact.id)
+    summary = {k: artifact.manifest[k] for k in ("threshold", "data", "metrics_out_of_fold", "wall_time_s")}
+    typer.echo(json.dumps({"artifact": artifact.id, "path": str(artifact.path), "active": activate, **summary}, indent=2))
+    if not activate:
+        typer.echo(f"next: `curl -X POST localhost:8000/v1/verifiers/{artifact.id}/activate` (or train with --activate)",
+                   err=True)
 
 
 @train_app.command("generator")

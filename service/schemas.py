@@ -42,6 +42,14 @@ class Usage(Struct):
     completion_tokens: int
 
 
+class AnswerabilityOut(Struct):
+    """The verifier's judgement of the retrieved context: answered when ``score >= threshold``."""
+
+    score: float
+    threshold: float
+    verifier: str
+
+
 class ChatResponse(Struct):
     conversation_id: uuid.UUID
     message_id: uuid.UUID
@@ -56,6 +64,8 @@ class ChatResponse(Struct):
     timings_ms: dict[str, float]
     notes: list[str]
     finish_reason: Literal["stop", "length"] = "stop"
+    refused: bool = False
+    answerability: AnswerabilityOut | None = None
 
 
 class FeedbackRequest(Struct, forbid_unknown_fields=True):

@@ -17,6 +17,7 @@ from core import artifacts
 from core.errors import NotFoundError
 from core.settings import Settings
 from retrieval import index_store
+from retrieval.answerability import Verifier
 from retrieval.indexer import update_index
 from retrieval.search import Retriever, open_retriever
 from service.backends import GenerationBackend
@@ -38,6 +39,8 @@ class ServiceState:
     tokenizer: Any
     retriever: Retriever | None = None
     active_adapter: str | None = None
+    # The answerability verifier gating generation in the retrieval modes (None: off).
+    verifier: Verifier | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -74,8 +77,12 @@ class ServiceState:
             self.notes.append(NO_ADAPTER_NOTE)
         if not self.embedder_is_finetuned():
             self.notes.append(NO_EMBEDDER_NOTE)
-        logger.warning("serving: generator %s, adapter %s, embedder %s, index %s", self.settings.models.generator,
-                       self.active_adapter or "none (base model)", self.embedder_id, self.index_version)
+        verifier_id = artifacts.active_id(self.settings, "verifier")
+        if verifier_id:
+            await self.activate_verifier(verifier_id)
+        logger.warning("serving: generator %s, adapter %s, embedder %s, index %s, verifier %s",
+                       self.settings.models.generator, self.active_adapter or "none (base model)", self.embedder_id,
+                       self.index_version, self.verifier.id if self.verifier else "none")
         for note in self.notes:
             logger.warning(note)
 
@@ -92,3 +99,19 @@ class ServiceState:
         artifacts.activate(self.settings, "adapter", artifact.id)
         self.active_adapter = artifact.id
         self.notes = [n for n in self.notes if n != NO_ADAPTER_NOTE]
+
+    async def activate_verifier(self, verifier_id: str | None) -> None:
+        """Load and switch to a verifier artifact, or turn the verifier off with ``None``. The one in use keeps
+        serving until the new one has loaded (and passed its checks)."""
+        if verifier_id is None:
+            artifacts.activate(self.settings, "verifier", None)
+            self.verifier = None
+            return
+        artifact = artifacts.get_artifact(self.settings, "verifier", verifier_id)
+        from core.models import resolve_device
+
+        device = resolve_device(self.settings)
+        verifier = await anyio.to_thread.run_sync(lambda: Verifier.load(artifact.path, artifact.manifest, device))
+        artifacts.activate(self.settings, "verifier", artifact.id)
+        self.verifier = verifier
+        logger.info("verifier %s active (threshold %.4f)", verifier.id, verifier.threshold)

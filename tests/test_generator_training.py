@@ -80,9 +80,9 @@ def test_training_prompts_are_byte_identical_to_serving_prompts(settings: Settin
     [row] = build_rows([example], FixedRetriever(), template, tokenizer, cfg, "Sorry.")
     state = ServiceState(settings, backend=None, tokenizer=tokenizer, retriever=FixedRetriever())  # type: ignore[arg-type]
     state.embedder_is_finetuned = lambda: True  # type: ignore[method-assign]
-    _, _, serving, _ = asyncio.run(ChatService(state).prepare(
+    serving = asyncio.run(ChatService(state).prepare(
         "And is there a free trial?", [{"role": r, "content": c} for r, c in history], "combined", 3, None))
-    assert row.prompt == serving
+    assert row.prompt == serving.prompt
     assert row.completion == "A [doc-a]" + tokenizer.eos_token
     assert row.context_doc_ids == ["doc-b", "doc-c", "doc-a"]
 

@@ -1,4 +1,4 @@
-"""Adapter and embedder versions: list with manifests, activate (hot swap, no restart)."""
+"""Adapter, embedder and verifier versions: list with manifests, activate (hot swap, no restart)."""
 
 from __future__ import annotations
 
@@ -72,3 +72,17 @@ class ArtifactController(Controller):
         return await start_index_job(job_runner, service_state, "embedder.activate", rebuild=True,
                                      embedder_location=location or base_location(),
                                      params={"embedder": embedder_id}, after=mark_active)
+
+    @get("/verifiers", summary="Answerability verifier versions with their manifests.")
+    async def verifiers(self, service_state: NamedDependency[ServiceState]) -> list[ArtifactOut]:
+        active = service_state.verifier.id if service_state.verifier else None
+        return [_out(a, active, [active] if active else [], False)
+                for a in artifacts.list_artifacts(service_state.settings, "verifier")]
+
+    @post("/verifiers/{verifier_id:str}/activate", status_code=200,
+          summary="Gate answers with this verifier ('none' turns it off); the current one serves until it loads.")
+    async def activate_verifier(self, verifier_id: FromPath[str], service_state: NamedDependency[ServiceState]) -> dict[str, Any]:
+        await service_state.activate_verifier(None if verifier_id == "none" else verifier_id)
+        verifier = service_state.verifier
+        return {"active_verifier": verifier.id if verifier else None,
+                "threshold": verifier.threshold if verifier else None}

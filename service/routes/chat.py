@@ -22,7 +22,15 @@ from service.auth import is_admin, known_key, presented_key, requires
 from service.chat import Answer, ChatService
 from service.db import Conversation, Feedback, Message
 from service.disconnect import unless_disconnected
-from service.schemas import ChatRequest, ChatResponse, FeedbackRequest, FeedbackResponse, Source, Usage
+from service.schemas import (
+    AnswerabilityOut,
+    ChatRequest,
+    ChatResponse,
+    FeedbackRequest,
+    FeedbackResponse,
+    Source,
+    Usage,
+)
 from service.state import ServiceState
 
 HISTORY_TURNS = 6  # earlier messages sent back to the model with a follow-up question
@@ -55,7 +63,8 @@ async def store_turn(session: AsyncSession, conversation_id: uuid.UUID | None, q
     details = {"mode": answer.mode, "adapter": answer.adapter, "index_version": answer.index_version,
                "embedder": answer.embedder, "sources": answer.sources, "cited_doc_ids": answer.cited_doc_ids,
                "usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens},
-               "timings_ms": answer.timings_ms, "notes": answer.notes, "finish_reason": answer.finish_reason}
+               "timings_ms": answer.timings_ms, "notes": answer.notes, "finish_reason": answer.finish_reason,
+               "refused": answer.refused, "answerability": answer.answerability}
     if conversation_id is None:
         conversation = Conversation(api_key_id=owner)
         session.add(conversation)
@@ -74,7 +83,8 @@ def response_for(answer: Answer, conversation_id: uuid.UUID, message_id: uuid.UU
         adapter=answer.adapter, index_version=answer.index_version, embedder=answer.embedder,
         sources=[Source(**s) for s in answer.sources], cited_doc_ids=answer.cited_doc_ids,
         usage=Usage(answer.prompt_tokens, answer.completion_tokens), timings_ms=answer.timings_ms, notes=answer.notes,
-        finish_reason=answer.finish_reason,
+        finish_reason=answer.finish_reason, refused=answer.refused,
+        answerability=AnswerabilityOut(**answer.answerability) if answer.answerability else None,
     )
 
 

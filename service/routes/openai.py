@@ -102,7 +102,8 @@ class OpenAIController(Controller):
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text}, "finish_reason": answer.finish_reason}],
                 "usage": _usage(answer),
                 "tunerag": {"mode": answer.mode, "adapter": answer.adapter, "index_version": answer.index_version,
-                            "sources": answer.sources, "cited_doc_ids": answer.cited_doc_ids, "notes": answer.notes},
+                            "sources": answer.sources, "cited_doc_ids": answer.cited_doc_ids, "notes": answer.notes,
+                            "refused": answer.refused, "answerability": answer.answerability},
             })
         _, pieces = await chat_service.stream(turns[-1].content, history, **kwargs)
 
@@ -114,7 +115,8 @@ class OpenAIController(Controller):
             yield chunk({"role": "assistant"})
             async for piece in pieces:
                 if isinstance(piece, Answer):
-                    yield chunk({}, piece.finish_reason, usage=_usage(piece), tunerag={"sources": piece.sources})
+                    yield chunk({}, piece.finish_reason, usage=_usage(piece), tunerag={
+                        "sources": piece.sources, "refused": piece.refused, "answerability": piece.answerability})
                 else:
                     yield chunk({"content": piece})
             yield "[DONE]"

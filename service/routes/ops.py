@@ -28,6 +28,7 @@ async def ready(service_state: NamedDependency[ServiceState | None]) -> Response
         "embedder": service_state.embedder_id,
         "active_adapter": service_state.active_adapter,
         "loaded_adapters": service_state.backend.loaded_adapters(),
+        "verifier": service_state.verifier.id if service_state.verifier else None,
         "notes": service_state.notes,
     })
 
