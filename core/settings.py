@@ -354,10 +354,12 @@ class EvalSettings(BaseModel):
 
     eval_file: Path = SAMPLE_DIR / "eval.jsonl"
     systems: list[Mode] = Field(
-        default_factory=lambda: list(MODES)
+        default_factory=lambda: list(MODES),
+        description="Systems to compare; with a verifier artifact, rag+verifier and combined+verifier join them.",
     )
     adapter: str = Field("active", description="Adapter for ft/combined: an id, 'active' or 'latest' (active, else latest).")
     embedder: str = Field("active", description="Fine-tuned embedder for combined: an id, 'active' or 'latest'.")
+    verifier: str = Field("active", description="Verifier for the +verifier systems: an id, 'active' or 'latest'.")
     batch_size: int = Field(8, gt=0, description="Prompts per generate call (decode is memory-bound on CPU).")
     max_new_tokens: int = Field(160, gt=0)
     retrieval_depth: int = Field(10, gt=0, description="Results retrieved for the retrieval metrics (top_k go to the prompt).")

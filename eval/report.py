@@ -23,7 +23,8 @@ STYLE_RULES = (("style_greeting", "Greeting"), ("style_sign_off", "Sign-off"), (
                ("style_citation", "Citation"), ("style_steps", "Steps"), ("style_no_ai", "No 'as an AI'"),
                ("style_adherence", "All rules"))
 CHART_METRICS = ("rouge_l", "token_f1", "embedding_similarity", "style_adherence", "citation_hit", "refusal_correct")
-COLORS = {"prompt": "#9aa5b1", "rag": "#4c78a8", "ft": "#f58518", "combined": "#54a24b"}
+COLORS = {"prompt": "#9aa5b1", "rag": "#4c78a8", "ft": "#f58518", "combined": "#54a24b", "rag+verifier": "#72b7b2",
+          "combined+verifier": "#2f6b2a"}
 
 
 def _fmt(value: dict[str, float] | None, ci: bool = True) -> str:
@@ -33,6 +34,12 @@ def _fmt(value: dict[str, float] | None, ci: bool = True) -> str:
     if ci and value.get("low") is not None:
         text += f" [{value['low']:.3f}, {value['high']:.3f}]"
     return text
+
+
+REFUSAL_CELLS = (("refused_unanswerable", "unanswerable, refused (correct)"),
+                 ("answered_unanswerable", "unanswerable, answered (a guess)"),
+                 ("refused_answerable", "answerable, refused (false refusal)"),
+                 ("answered_answerable", "answerable, answered"))
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -50,6 +57,11 @@ def markdown(report: dict[str, Any]) -> str:
                   "| rule | " + " | ".join(ok) + " |", "|---|" + "---|" * len(ok)]
         for key, label in STYLE_RULES:
             lines.append(f"| {label} | " + " | ".join(_fmt(systems[n]["metrics"].get(key), ci=False) for n in ok) + " |")
+    if any("refusals" in systems[n] for n in ok):
+        lines += ["", "## Refusal decisions (counts)", "",
+                  "| | " + " | ".join(ok) + " |", "|---|" + "---|" * len(ok)]
+        for key, label in REFUSAL_CELLS:
+            lines.append(f"| {label} | " + " | ".join(str(systems[n].get("refusals", {}).get(key, "")) for n in ok) + " |")
     missing = [(n, s["reason"]) for n, s in systems.items() if s["status"] != "ok"]
     if missing:
         lines += ["", "**Not evaluated:** " + "; ".join(f"{n} ({r})" for n, r in missing)]
@@ -68,8 +80,11 @@ def markdown(report: dict[str, Any]) -> str:
             lines += ["", f"## Worst {len(worst)} answers: {name}", ""]
             for w in worst:
                 context = ", ".join(c["doc_id"] for c in w["context"]) or "no retrieval"
+                judged = w.get("answerability")
+                verdict = (f"; verifier {judged['score']:.3f} vs {judged['threshold']:.3f}: "
+                           f"{'refused' if judged['refused'] else 'answered'}") if judged else ""
                 lines += [f"- **{w['id']}** {w['question']} (gold: {', '.join(w['gold_doc_ids']) or 'not answerable'}; "
-                          f"context: {context}) failed: {', '.join(w['failed']) or 'nothing'}; F1 {w['token_f1']}",
+                          f"context: {context}{verdict}) failed: {', '.join(w['failed']) or 'nothing'}; F1 {w['token_f1']}",
                           "", "  > " + w["answer"].strip().replace("\n", "\n  > "), ""]
     lines += ["", f"Generator `{report['models']['generator']}`; adapter "
               f"`{(report['models']['adapter'] or {}).get('id')}`; fine-tuned embedder "
@@ -139,11 +154,15 @@ fine-tuned embedder <code>{{ (models.finetuned_embedder or {}).get('id') }}</cod
 <table><tr><th>rule</th>{% for n in ok %}<th>{{ n }}</th>{% endfor %}</tr>
 {% for key, label in style_rows %}<tr><td>{{ label }}</td>{% for n in ok %}<td>{{ fmt(systems[n].metrics.get(key), False) }}</td>{% endfor %}</tr>{% endfor %}
 </table>{% endif %}
+{% if ok and systems[ok[0]].refusals %}<h2>Refusal decisions</h2>
+<table><tr><th></th>{% for n in ok %}<th>{{ n }}</th>{% endfor %}</tr>
+{% for key, label in refusal_cells %}<tr><td>{{ label }}</td>{% for n in ok %}<td>{{ systems[n].refusals.get(key, "") }}</td>{% endfor %}</tr>{% endfor %}
+</table>{% endif %}
 <h2>Worst answers</h2>
 <p>Per system, the answers that failed the most checks (ties: lowest token F1), with the context they were given.</p>
 {% for n in ok %}{% if systems[n].worst_answers %}<h3 id="worst-{{ n }}">{{ n }}</h3>
 {% for w in systems[n].worst_answers %}<div class="card"><h4>{{ w.id }}: {{ w.question }}</h4>
-<div>gold: {{ w.gold_doc_ids|join(", ") or "not answerable" }} · failed: <span class="bad">{{ w.failed|join(", ") or "nothing" }}</span> · F1 {{ w.token_f1 }}</div>
+<div>gold: {{ w.gold_doc_ids|join(", ") or "not answerable" }} · failed: <span class="bad">{{ w.failed|join(", ") or "nothing" }}</span> · F1 {{ w.token_f1 }}{% if w.answerability %} · verifier {{ '%.3f'|format(w.answerability.score) }} vs {{ '%.3f'|format(w.answerability.threshold) }}: {{ 'refused' if w.answerability.refused else 'answered' }}{% endif %}</div>
 <pre>{{ w.answer }}</pre>
 <div class="src">{% for c in w.context %}[{{ c.doc_id }}] {{ c.title }}: {{ c.text|truncate(240) }}<br>{% else %}no retrieval{% endfor %}</div></div>
 {% endfor %}{% endif %}{% endfor %}
@@ -197,7 +216,7 @@ def html_report(report: dict[str, Any]) -> str:
     # Jinja's ``tojson`` escapes <, >, & and ' so embedded answers can never close the script element.
     has_rules = any("style_greeting" in report["systems"][n]["metrics"] for n in ok)
     return template.render(**report, ok=ok, metrics=TABLE_METRICS, fmt=_fmt, chart=chart_png(report),
-                           style_rows=STYLE_RULES if has_rules else ())
+                           style_rows=STYLE_RULES if has_rules else (), refusal_cells=REFUSAL_CELLS)
 
 
 def write_reports(report: dict[str, Any], out: Path) -> dict[str, Path]:

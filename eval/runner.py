@@ -1,10 +1,14 @@
 """The comparative evaluation: prompt-only vs RAG-only vs FT-only vs combined on one held-out set.
 
-    system     generator        retrieval
-    prompt     base             none (style system prompt + few-shot examples)
-    rag        base             base embedder index
-    ft         adapter          none
-    combined   adapter          fine-tuned embedder index
+    system              generator        retrieval
+    prompt              base             none (style system prompt + few-shot examples)
+    rag                 base             base embedder index
+    ft                  adapter          none
+    combined            adapter          fine-tuned embedder index
+    rag+verifier        rag, gated by the answerability verifier (its refusal below the threshold, no generation)
+    combined+verifier   combined, gated the same way
+
+The two verifier systems run when a verifier artifact exists (``eval.verifier``) and no system list is given.
 
 All systems answer the same questions with the same decoding settings, one system at a time in padded
 batches. Answers are cached per system and question in ``<out>/answers/<system>.jsonl`` (keyed by the
@@ -29,11 +33,12 @@ from core.engine import GenerationEngine
 from core.errors import InvalidInputError, NotFoundError
 from core.jsonl import read_jsonl
 from core.models import load_embedder, resolve_embedder, resolve_generator
-from core.prompt import MODES, Mode, build_prompt, load_template
+from core.prompt import MODES, build_prompt, load_template
 from core.settings import Settings
 from eval import answer_metrics as am
 from eval.stats import bootstrap_ci, holm_adjust, paired_test
 from eval.style import StyleRules, check_style, is_refusal
+from retrieval.answerability import Verifier, pair_text
 from retrieval.embedding import embedder_fingerprint
 from retrieval.indexer import update_index
 from retrieval.metrics import query_metrics
@@ -41,8 +46,9 @@ from retrieval.search import Retriever, doc_ranking, open_retriever
 
 logger = logging.getLogger(__name__)
 
-SystemName = Mode
-SYSTEM_ORDER: tuple[SystemName, ...] = MODES
+SystemName = str  # a Mode, or a Mode + "+verifier"
+VERIFIED: tuple[SystemName, ...] = ("rag+verifier", "combined+verifier")
+SYSTEM_ORDER: tuple[SystemName, ...] = (*MODES, *VERIFIED)
 Progress = Callable[[str, int, int], None]
 PAIRED_METRICS = ("rouge_l", "token_f1", "embedding_similarity", "style_adherence", "citation_hit", "refusal_correct")
 
@@ -53,6 +59,7 @@ class SystemSpec:
     uses_adapter: bool
     retrieval: Literal["base", "finetuned"] | None
     description: str
+    verifier: bool = False
 
 
 SYSTEMS: dict[SystemName, SystemSpec] = {
@@ -60,6 +67,10 @@ SYSTEMS: dict[SystemName, SystemSpec] = {
     "rag": SystemSpec("rag", False, "base", "base generator + retrieval with the base embedder"),
     "ft": SystemSpec("ft", True, None, "LoRA-adapted generator, no retrieval"),
     "combined": SystemSpec("combined", True, "finetuned", "LoRA-adapted generator + retrieval with the fine-tuned embedder"),
+    "rag+verifier": SystemSpec("rag+verifier", False, "base", "rag, answering only where the verifier says the "
+                               "context answers the question", verifier=True),
+    "combined+verifier": SystemSpec("combined+verifier", True, "finetuned", "combined, answering only where the "
+                                    "verifier says the context answers the question", verifier=True),
 }
 
 
@@ -110,7 +121,7 @@ def load_eval_set(path: Path, limit: int | None = None) -> list[EvalItem]:
     return items[:limit] if limit else items
 
 
-def _artifact(settings: Settings, kind: Literal["adapter", "embedder"], name: str) -> artifacts.Artifact | None:
+def _artifact(settings: Settings, kind: artifacts.ArtifactKind, name: str) -> artifacts.Artifact | None:
     if name == "active":
         active = artifacts.active_id(settings, kind)
         name = active or "latest"
@@ -148,8 +159,10 @@ def _read_cache(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def generate_answers(run: SystemRun, items: Sequence[EvalItem], engine: GenerationEngine, retriever: Retriever | None,
-                     settings: Settings, cache_file: Path, progress: Progress | None = None) -> None:
-    """Fill ``run.answers`` (in ``items`` order), generating only what the cache lacks."""
+                     settings: Settings, cache_file: Path, progress: Progress | None = None,
+                     verifier: Verifier | None = None) -> None:
+    """Fill ``run.answers`` (in ``items`` order), generating only what the cache lacks. With ``verifier``, a
+    context it judges unanswerable gets its refusal without generation, as the service answers."""
     cfg = settings.eval
     template = load_template(settings)
     depth = max(cfg.retrieval_depth, settings.retrieval.top_k)
@@ -165,7 +178,14 @@ def generate_answers(run: SystemRun, items: Sequence[EvalItem], engine: Generati
         key = _prompt_hash(prompt, run.adapter, cfg.max_new_tokens, settings)
         row = {"id": item.id, "prompt_hash": key,
                "context": [{"doc_id": p.doc_id, "title": p.title, "text": p.text} for p in passages or []],
-               "ranking": doc_ranking(found) if found is not None else None}
+               "ranking": doc_ranking(found) if found is not None else None, "answerability": None}
+        if verifier is not None and context is not None:
+            judged = verifier.judge(item.question, [pair_text(r.title, r.text) for r in context])
+            row["answerability"] = judged.to_json() | {"refused": not judged.answerable}
+            if not judged.answerable:
+                row.update({"answer": verifier.refusal, "prompt_tokens": 0, "completion_tokens": 0, "seconds": 0.0})
+                rows.append(row)
+                continue
         cached = cache.get(item.id)
         if cached and cached.get("prompt_hash") == key:
             row.update({k: cached[k] for k in ("answer", "prompt_tokens", "completion_tokens", "seconds")})
@@ -230,6 +250,16 @@ def score(run: SystemRun, items: Sequence[EvalItem], rules: StyleRules, settings
 WORST_PER_SYSTEM = 5
 
 
+def refusal_confusion(items: Sequence[EvalItem], scored: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """Refusal decisions against answerability: refused / answered x unanswerable / answerable."""
+    counts = {"refused_unanswerable": 0, "answered_unanswerable": 0, "refused_answerable": 0, "answered_answerable": 0}
+    for item, row in zip(items, scored, strict=True):
+        m = row["metrics"]
+        refused = (m["false_refusal"] if item.answerable else m["refusal_correct"]) == 1.0
+        counts[f"{'refused' if refused else 'answered'}_{'answerable' if item.answerable else 'unanswerable'}"] += 1
+    return counts
+
+
 def failed_checks(metrics: dict[str, Any]) -> list[str]:
     """The checks an answer failed: style rules, citation validity and hit, refusal behaviour."""
     failed = [k.removeprefix("style_") for k, v in metrics.items()
@@ -248,6 +278,7 @@ def worst_answers(items: Sequence[EvalItem], run: SystemRun, scored: Sequence[di
     order = sorted(range(len(scored)), key=lambda i: (-len(failed[i]), scored[i]["metrics"]["token_f1"], items[i].id))
     return [{"id": items[i].id, "question": items[i].question, "gold_doc_ids": items[i].gold_doc_ids,
              "answerable": items[i].answerable, "answer": run.answers[i]["answer"],
+             "answerability": run.answers[i].get("answerability"),
              "failed": failed[i], "token_f1": round(scored[i]["metrics"]["token_f1"], 3),
              "context": [{"doc_id": c["doc_id"], "title": c["title"], "text": c["text"]} for c in run.answers[i]["context"]]}
             for i in order[:n]]
@@ -270,6 +301,7 @@ class EvalPlan:
     adapter: artifacts.Artifact | None
     tuned_embedder: artifacts.Artifact | None
     base_embedder: str
+    verifier: artifacts.Artifact | None = None
 
 
 def plan_evaluation(settings: Settings, options: EvalOptions) -> EvalPlan:
@@ -280,7 +312,8 @@ def plan_evaluation(settings: Settings, options: EvalOptions) -> EvalPlan:
         InvalidInputError: an unknown system name, or a malformed eval file.
     """
     cfg = settings.eval
-    names = tuple(options.systems or cfg.systems)
+    verifier = _artifact(settings, "verifier", cfg.verifier)
+    names = tuple(options.systems or [*cfg.systems, *(VERIFIED if verifier is not None else ())])
     unknown = [n for n in names if n not in SYSTEMS]
     if unknown:
         raise InvalidInputError(f"unknown system(s) {unknown}; choose from {list(SYSTEMS)}")
@@ -301,10 +334,13 @@ def plan_evaluation(settings: Settings, options: EvalOptions) -> EvalPlan:
         if spec.retrieval == "finetuned" and tuned_embedder is None:
             run.status = "missing"
             run.reason = "; ".join(filter(None, [run.reason, "no fine-tuned embedder: run `tunerag train embedder` first"]))
+        if spec.verifier and verifier is None:
+            run.status = "missing"
+            run.reason = "; ".join(filter(None, [run.reason, "no verifier: run `tunerag train verifier` first"]))
         runs[name] = run
         if run.status == "missing":
             logger.warning("system %s skipped: %s", name, run.reason)
-    return EvalPlan(items, eval_file, out, runs, adapter, tuned_embedder, resolve_embedder(settings).location)
+    return EvalPlan(items, eval_file, out, runs, adapter, tuned_embedder, resolve_embedder(settings).location, verifier)
 
 
 def generate_all(settings: Settings, plan: EvalPlan, on_progress: Progress | None = None) -> None:
@@ -315,6 +351,7 @@ def generate_all(settings: Settings, plan: EvalPlan, on_progress: Progress | Non
     if adapter is not None and any(r.status == "ok" and r.spec.uses_adapter for r in plan.runs.values()):
         engine.load_adapter(adapter.id, adapter.path / "adapter")
     retrievers: dict[str, Retriever] = {}
+    verifier: Verifier | None = None
     for name, run in plan.runs.items():
         if run.status != "ok":
             continue
@@ -325,9 +362,13 @@ def generate_all(settings: Settings, plan: EvalPlan, on_progress: Progress | Non
             retrievers[location] = retriever
             run.embedder, run.index_version = retriever.version.manifest.embedder_id, retriever.version.name
         run.adapter = adapter.id if run.spec.uses_adapter and adapter is not None else None
+        if run.spec.verifier and verifier is None and plan.verifier is not None:
+            from core.models import resolve_device
+
+            verifier = Verifier.load(plan.verifier.path, plan.verifier.manifest, resolve_device(settings))
         started = time.perf_counter()
         generate_answers(run, plan.items, engine, retriever, settings, plan.out / "answers" / f"{name}.jsonl",
-                         on_progress)
+                         on_progress, verifier if run.spec.verifier else None)
         run.seconds = time.perf_counter() - started
 
 
@@ -359,6 +400,7 @@ def score_all(settings: Settings, plan: EvalPlan) -> tuple[dict[str, Any], dict[
                     row["metrics"]["judge_score"] = grade
             scored_by_system[name] = scored
             entry.update({"metrics": aggregate(scored, settings), "wall_time_s": round(run.seconds, 1),
+                          "refusals": refusal_confusion(items, scored),
                           "worst_answers": worst_answers(items, run, scored)})
         per_system[name] = entry
     return per_system, scored_by_system
@@ -392,6 +434,7 @@ def assemble_report(settings: Settings, plan: EvalPlan, options: EvalOptions, pe
     for n, item in enumerate(plan.items):
         questions.append({**asdict(item), "systems": {
             name: {"answer": plan.runs[name].answers[n]["answer"], "context": plan.runs[name].answers[n]["context"],
+                   "answerability": plan.runs[name].answers[n].get("answerability"),
                    "metrics": scored_by_system[name][n]["metrics"], "style": scored_by_system[name][n]["style"]}
             for name in scored_by_system}})
     generator = resolve_generator(settings, convert=False)
@@ -410,7 +453,9 @@ def assemble_report(settings: Settings, plan: EvalPlan, options: EvalOptions, pe
         "models": {"generator": generator.spec, "base_embedder": embedder_fingerprint(plan.base_embedder),
                    "adapter": adapter and {"id": adapter.id, "data_hash": adapter.manifest.get("data_hash")},
                    "finetuned_embedder": tuned_embedder and {"id": tuned_embedder.id,
-                                                              "data_hash": tuned_embedder.manifest.get("data_hash")}},
+                                                              "data_hash": tuned_embedder.manifest.get("data_hash")},
+                   "verifier": plan.verifier and {"id": plan.verifier.id, "threshold": plan.verifier.manifest.get("threshold"),
+                                                  "data_hash": plan.verifier.manifest.get("data_hash")}},
         "systems": per_system,
         "headline": headline(per_system),
         "comparisons": comparisons,

@@ -318,7 +318,8 @@ def evaluate(
     ctx: typer.Context,
     limit: Annotated[int | None, typer.Option("--limit", help="Only the first N questions.", min=1)] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Report folder (default: data_dir/reports/<run>).")] = None,
-    systems: Annotated[str | None, typer.Option(help="Comma-separated subset of prompt,rag,ft,combined.")] = None,
+    systems: Annotated[str | None, typer.Option(help="Comma-separated subset of prompt,rag,ft,combined,rag+verifier,"
+                                                      "combined+verifier.")] = None,
     eval_file: Annotated[Path | None, typer.Option("--eval-file", help="Held-out set (default: eval.eval_file).")] = None,
 ) -> None:
     """Compare prompt-only, RAG-only, FT-only and combined on the held-out set."""

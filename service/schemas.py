@@ -136,8 +136,11 @@ class ArtifactOut(Struct):
     manifest: dict[str, Any]
 
 
+EvalSystem = Literal["prompt", "rag", "ft", "combined", "rag+verifier", "combined+verifier"]
+
+
 class EvalRequest(Struct, forbid_unknown_fields=True):
     limit: Annotated[int, Meta(ge=1)] | None = None
-    systems: list[Mode] | None = None
+    systems: list[EvalSystem] | None = None
 
 

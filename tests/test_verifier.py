@@ -153,3 +153,27 @@ def test_the_active_verifier_is_loaded_again_at_start(served, trained) -> None:
     settings, _ = trained
     with TestClient(app=create_app(settings)) as again:
         assert again.get("/ready").json()["verifier"] == artifact.id
+
+
+def test_eval_runs_the_verifier_systems_and_reports_their_refusal_decisions(trained, tmp_path: Path) -> None:
+    from eval.runner import EvalOptions, run_evaluation
+
+    settings, artifact = trained
+    small = settings.model_copy(update={"eval": settings.eval.model_copy(update={"max_new_tokens": 4})})
+    report = run_evaluation(small, EvalOptions(limit=6, systems=("rag", "rag+verifier"), out_dir=tmp_path / "r"))
+    gated = report["systems"]["rag+verifier"]
+    assert gated["status"] == "ok" and report["models"]["verifier"]["id"] == artifact.id
+    counts = gated["refusals"]
+    assert sum(counts.values()) == 6 and set(counts) == {"refused_unanswerable", "answered_unanswerable",
+                                                         "refused_answerable", "answered_answerable"}
+    rows = [q["systems"]["rag+verifier"] for q in report["questions"]]
+    assert all(r["answerability"]["verifier"] == artifact.id for r in rows)
+    for r in rows:  # a refused context got the verifier's refusal, not a generation
+        if r["answerability"]["refused"]:
+            assert r["answer"] == artifact.manifest["refusal_answer"]
+    assert all(q["systems"]["rag"]["answerability"] is None for q in report["questions"])
+    assert "Refusal decisions" in (tmp_path / "r" / "report.md").read_text()
+    # Without a system list, the verifier systems join the four when a verifier exists.
+    from eval.runner import plan_evaluation
+
+    assert {"rag+verifier", "combined+verifier"} <= set(plan_evaluation(small, EvalOptions(limit=1, out_dir=tmp_path / "p")).runs)
