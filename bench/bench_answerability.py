@@ -175,6 +175,35 @@ def run_protocol(settings: Settings, data_dir: Path, sources: list[Path], items:
     return out
 
 
+def verifier_cost(settings: Settings, verifier: artifacts.Artifact, items: list[EvalItem], top_k: int) -> dict:
+    """In-process cost of one judgement (top_k retrieved passages) at 1 and 2 torch threads."""
+    import torch
+
+    from retrieval.answerability import Verifier, pair_text
+    from retrieval.search import open_retriever
+
+    model = Verifier.load(verifier.path, verifier.manifest)
+    retriever = open_retriever(settings)
+    contexts = [(i.question, [pair_text(r.title, r.text) for r in retriever.search(i.question, k=top_k)])
+                for i in items[:40]]
+    tokens = [len(model.model.tokenizer(q, p, truncation=True, max_length=verifier.manifest["max_length"]).input_ids)
+              for q, ps in contexts for p in ps]
+    out: dict = {"passages_per_request": top_k, "mean_pair_tokens": round(sum(tokens) / len(tokens), 1),
+                 "max_length": verifier.manifest["max_length"]}
+    before = torch.get_num_threads()
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        model.judge(*contexts[0])  # warm-up
+        seconds = []
+        for q, ps in contexts:
+            began = time.perf_counter()
+            model.judge(q, ps)
+            seconds.append(time.perf_counter() - began)
+        out[f"threads_{threads}"] = percentiles(seconds)
+    torch.set_num_threads(before)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--domain", choices=("sample", "zaragoza"), default="sample")
@@ -212,7 +241,9 @@ def main() -> None:
     (data_dir / "artifacts").symlink_to(settings.paths.artifacts_dir.resolve(), target_is_directory=True)
     gold_removed = run_protocol(settings, data_dir, [corpus], kept_items, kept_flags, env, verifier.id)
 
+    cost = verifier_cost(settings, verifier, items, verifier.manifest["top_k"])
     emit(f"answerability_{args.domain}", {
+        "verifier_cost_in_process": cost,
         "domain": args.domain, "training_wall_s": training, "verifier": verifier.id,
         "verifier_threshold": verifier.manifest["threshold"],
         "verifier_out_of_fold": verifier.manifest["metrics_out_of_fold"],

@@ -2,8 +2,9 @@
 
     python bench/bench_hostile.py [--clients 8] [--seconds 40] [--pdf-operators 200000]
 
-Starts the real API (`tunerag serve` on 127.0.0.1, real SmolLM2 + MiniLM, default limits), then runs three
-phases of the same length with 8 chat clients and a /health poller:
+Starts the real API (`tunerag serve` on 127.0.0.1, real SmolLM2 + MiniLM, default limits), then runs four
+phases of the same length with 8 chat clients and a /health poller (the baseline before and after the two
+attack phases, since a fresh server's first minutes run slower):
 
 * baseline: chat only;
 * uploads: an attacker uploads a parser-exhausting PDF (a few KB that pypdf would chew on for minutes), an
@@ -238,6 +239,8 @@ def main() -> None:
             under_attack = asyncio.run(phase(server.url, args.clients, args.seconds, args.max_tokens, attack))
             under_requests = asyncio.run(phase(server.url, args.clients, args.seconds, args.max_tokens,
                                                request_attacks(server.url)))
+            # A second baseline after the attacks: the first phases of a fresh server run slower (caches warm up).
+            baseline_after = asyncio.run(phase(server.url, args.clients, args.seconds, args.max_tokens))
             shutdown = asyncio.run(sigterm_seconds(server, 3))
         finally:
             if server.proc.poll() is None:
@@ -248,8 +251,11 @@ def main() -> None:
         "pdf_bytes": len(pdf_bytes), "pdf_operators": args.pdf_operators, "parse_timeout_s": args.parse_timeout,
         "pdf_parse_in_process": unbudgeted,
         "baseline": baseline, "under_attack": under_attack, "under_hostile_requests": under_requests,
+        "baseline_after": baseline_after,
         "ratios_attack_vs_baseline": ratios(under_attack, baseline),
         "ratios_hostile_requests_vs_baseline": ratios(under_requests, baseline),
+        "ratios_attack_vs_baseline_after": ratios(under_attack, baseline_after),
+        "ratios_hostile_requests_vs_baseline_after": ratios(under_requests, baseline_after),
         "sigterm_to_exit_s_with_3_largest_requests_in_flight": shutdown,
     })
 

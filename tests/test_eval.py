@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import require_chromium
 
 from core.errors import InvalidInputError
 from core.settings import Settings, load_settings
@@ -199,12 +198,7 @@ def test_missing_artifacts_are_reported_not_silently_skipped(eval_settings: Sett
 
 @pytest.mark.slow
 def test_html_report_renders_in_headless_chromium_without_console_errors(with_artifacts: Settings, tmp_path: Path) -> None:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not chromium:
-        # CI (.ci/run) installs Debian's chromium, so there a missing browser is a failure, not a skip.
-        if os.environ.get("CI"):
-            pytest.fail("chromium is missing in CI: .ci/run should have installed Debian's chromium")
-        pytest.skip("no chromium on this machine: `apt-get install chromium` to run the HTML report browser test")
+    chromium = require_chromium("the HTML report browser test")
     from playwright.sync_api import sync_playwright
 
     out = tmp_path / "report"

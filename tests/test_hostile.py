@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import logging
 import secrets
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from files import ALIAS_BOMB_FRONT_MATTER, write_slow_pdf
+from helpers import health_answers_during
 from litestar.testing import TestClient
 from sqlalchemy import create_engine, text
 
@@ -61,24 +61,11 @@ def uploads_on_disk(settings: Settings) -> list[str]:
 def test_pathological_pdf_costs_its_budget_and_health_answers_meanwhile(client: TestClient, tmp_path: Path,
                                                                         hostile_settings: Settings) -> None:
     pdf = write_slow_pdf(tmp_path / "slow.pdf").read_bytes()  # ~3 KB, several seconds of pypdf work
-    result: dict[str, object] = {}
-
-    def attack() -> None:
-        r = upload(client, "slow.pdf", pdf)
-        result.update(status=r.status_code, body=r.json())
-
-    attacker = threading.Thread(target=attack)
-    attacker.start()
-    answered_during = 0
-    while attacker.is_alive():
-        if client.get("/health").status_code == 200 and attacker.is_alive():
-            answered_during += 1
-        time.sleep(0.05)
-    attacker.join()
+    r, answered_during = health_answers_during(client, lambda: upload(client, "slow.pdf", pdf), pause_s=0.05)
     # Before: the parse ran on the event loop and /health waited for it (27 minutes for the 25 KB original).
     assert answered_during >= 3
-    assert result["status"] == 422
-    assert "slow.pdf" in result["body"]["detail"] and "time limit" in result["body"]["detail"]
+    assert r.status_code == 422
+    assert "slow.pdf" in r.json()["detail"] and "time limit" in r.json()["detail"]
     assert "slow.pdf" not in uploads_on_disk(hostile_settings)
     assert client.get("/v1/documents", headers=H_ADMIN).status_code == 200
 

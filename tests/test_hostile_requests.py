@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from helpers import health_answers_during, require_chromium
 from litestar.testing import TestClient
 from sqlalchemy import create_engine, text
 
@@ -54,20 +54,6 @@ def _messages(n: int, last: str = "How do I void a label?") -> list[dict[str, st
         {"role": "user", "content": last}]
 
 
-def _health_while(client: TestClient, attack) -> tuple[dict, int]:
-    """Run ``attack()`` in a thread; count /health answers while it runs."""
-    result: dict = {}
-    worker = threading.Thread(target=lambda: result.update(response=attack()))
-    worker.start()
-    answered = 0
-    while worker.is_alive():
-        if client.get("/health").status_code == 200 and worker.is_alive():
-            answered += 1
-        time.sleep(0.02)
-    worker.join()
-    return result, answered
-
-
 # --- 1-2. long conversations: bounded, searched, off the event loop -----------------------------------------
 
 def test_too_many_or_too_long_messages_are_413_naming_the_limit(keyed: Settings) -> None:
@@ -87,9 +73,8 @@ def test_a_2000_message_conversation_is_answered_while_health_keeps_answering(ke
     """Before: 2,000 messages blocked /health for over 30 s (one render + tokenization per dropped pair)."""
     roomy = _with_server(keyed, max_messages=5000, max_request_chars=1_000_000, max_request_bytes=3_000_000)
     with TestClient(app=create_app(roomy)) as c:
-        result, answered = _health_while(c, lambda: c.post(
+        r, answered = health_answers_during(c, lambda: c.post(
             "/v1/chat/completions", json={"messages": _messages(2000), "max_tokens": 4}, headers=H_ALICE))
-        r = result["response"]
         assert r.status_code == 200, r.text
         assert r.json()["usage"]["prompt_tokens"] <= roomy.generation.max_context_tokens
         assert answered >= 1
@@ -188,11 +173,7 @@ class _ThreadedServer:
 
 @pytest.mark.slow
 def test_a_page_on_another_origin_cannot_upload_or_reindex_in_real_chromium(settings: Settings, tmp_path: Path) -> None:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not chromium:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is missing in CI: .ci/run should have installed Debian's chromium")
-        pytest.skip("no chromium on this machine: `apt-get install chromium` to run the cross-site browser test")
+    chromium = require_chromium("the cross-site browser test")
     from playwright.sync_api import sync_playwright
 
     open_settings = settings.model_copy(update={"generation": settings.generation.model_copy(update={"max_new_tokens": 4})})
