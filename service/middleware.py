@@ -9,10 +9,11 @@
   ``server.cors_origins``; clients that are not browsers send neither header and are unaffected.
 * Content types: a request with a body, or with a ``Content-Type`` at all, must say it is JSON (or
   multipart, for uploads).
-* Request log: one row per API call (method, path, status, duration, hashed key of a *known* key). Refused
-  calls without a known key (401/403/429) are stored at most ``server.request_log_unauthenticated_per_minute``
-  times a minute, so anonymous traffic cannot grow the table; rows older than
-  ``server.request_log_retention_days`` are deleted at start-up and then hourly.
+* Request log: one row per API call (method, path, status, duration, hashed key of a *known* key). Calls
+  without a known key (with auth on: all of them, 404s for made-up paths included; with auth off: refused
+  ones, 429) are stored at most ``server.request_log_unauthenticated_per_minute`` times a minute, so anonymous
+  traffic cannot grow the table; rows older than ``server.request_log_retention_days`` are deleted at
+  start-up and then hourly.
 """
 
 from __future__ import annotations
@@ -143,8 +144,10 @@ class RequestLogBudget:
         self._window, self._used = -1, 0
         self._next_prune = 0.0
 
-    def admit(self, status: int, key: str | None) -> bool:
-        if key is not None or status not in _REFUSED:
+    def admit(self, status: int, key: str | None, auth_on: bool) -> bool:
+        """Whether to store this call's row: always for a known key; for anything else (with auth on, every call
+        without a known key; with auth off, refused calls) while this minute's budget lasts."""
+        if key is not None or (status not in _REFUSED and not auth_on):
             return True
         window = int(time.monotonic() // 60)
         if window != self._window:
@@ -195,7 +198,7 @@ def request_log_middleware(app: ASGIApp) -> ASGIApp:
                 request = Request(scope)
                 key = known_key(request, presented_key(request))
                 try:
-                    if budget.admit(status[0], key):
+                    if budget.admit(status[0], key, bool(state.settings.server.api_keys)):
                         async with sessions() as session, session.begin():
                             session.add(RequestLog(method=scope["method"], path=scope["path"][:256],
                                                    status_code=status[0], api_key_id=key,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -277,14 +278,20 @@ def _rows(settings: Settings, sql: str) -> list[tuple]:
 
 def test_refused_anonymous_calls_write_a_bounded_number_of_log_rows(keyed: Settings) -> None:
     budgeted = _with_server(keyed, request_log_unauthenticated_per_minute=10)
+    def dropped(c: TestClient) -> float:  # a process-wide counter: compare before and after
+        found = re.search(r"^tunerag_request_log_dropped_total (\S+)$", c.get("/metrics").text, re.M)
+        return float(found.group(1)) if found else 0.0
+
     with TestClient(app=create_app(budgeted)) as c:
-        codes = [c.get("/v1/models").status_code for _ in range(130)]
-        assert set(codes) == {401}
+        before = dropped(c)
+        codes = [c.get("/v1/models").status_code for _ in range(100)] + [c.get(f"/made-up/{i}").status_code
+                                                                          for i in range(30)]
+        assert set(codes) == {401, 404}
         assert c.get("/v1/models", headers=H_ALICE).status_code == 200
-        metrics = c.get("/metrics").text
+        assert dropped(c) - before == 90  # made-up paths never reach the request log (no route, no middleware)
     assert len(_rows(budgeted, "select id from request_log where status_code = 401")) == 10
+    assert _rows(budgeted, "select id from request_log where status_code = 404") == []
     assert len(_rows(budgeted, "select id from request_log where status_code = 200")) == 1  # known keys: always
-    assert "tunerag_request_log_dropped_total 120.0" in metrics
 
 
 def test_old_request_log_rows_are_pruned_at_start(keyed: Settings) -> None:
