@@ -115,3 +115,9 @@ class ServiceState:
         artifacts.activate(self.settings, "verifier", artifact.id)
         self.verifier = verifier
         logger.info("verifier %s active (threshold %.4f)", verifier.id, verifier.threshold)
+        trained_with = (artifact.manifest.get("index") or {}).get("embedder")
+        if trained_with and self.embedder_id and trained_with != self.embedder_id:
+            # Legal, but its threshold was chosen on what another embedder retrieved.
+            logger.warning("verifier %s was trained on contexts retrieved with embedder %s; the index now uses %s: "
+                           "retrain it (`tunerag train verifier`) if refusals drift", verifier.id, trained_with,
+                           self.embedder_id)

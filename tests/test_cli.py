@@ -26,7 +26,8 @@ def test_help_lists_every_subcommand() -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [["serve"], ["index"], ["search"], ["ask"], ["train", "embedder"], ["train", "generator"], ["eval"],
+    [["serve"], ["index"], ["search"], ["ask"], ["train", "embedder"], ["train", "generator"], ["train", "verifier"],
+     ["eval"],
      ["models", "prepare"]],
 )
 def test_each_subcommand_prints_help(args: list[str]) -> None:

@@ -78,3 +78,19 @@ def test_eval_command_writes_the_three_reports(env: dict[str, str], tmp_path: Pa
     assert "warning: system ft not evaluated" in result.stderr
     assert "| ROUGE-L |" in result.stdout and f"report: {out / 'report.html'}" in result.stdout
     assert {p.name for p in out.iterdir()} >= {"report.json", "report.md", "report.html", "answers"}
+
+
+def test_train_verifier_then_ask_reports_the_judgement(env: dict[str, str], tmp_path: Path) -> None:
+    config = tmp_path / "verifier.yaml"
+    config.write_text("folds: 2\nmax_length: 64\nper_device_train_batch_size: 8\n")
+    trained = run_cli("train", "verifier", "--config", str(config), "--max-steps", "2", "--activate", env=env)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    info = last_json(trained.stdout)
+    assert info["active"] is True and 0 <= info["threshold"] <= 1 and "roc_auc" in info["metrics_out_of_fold"]
+    answer = last_json(run_cli("ask", "How do I void a label?", "--mode", "rag", "--json", env=env).stdout)
+    assert answer["answerability"]["verifier"] == info["artifact"]
+    assert answer["refused"] is (answer["answerability"]["score"] < answer["answerability"]["threshold"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("folds: 1\n")
+    invalid = run_cli("train", "verifier", "--config", str(bad), env=env)
+    assert invalid.returncode == 1 and "folds" in invalid.stderr and "Traceback" not in invalid.stderr
