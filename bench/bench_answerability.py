@@ -1,7 +1,7 @@
 """Answerability: who refuses what the knowledge base cannot answer, and only that? Measured through the API.
 
-    python bench/bench_answerability.py --domain sample     # artifacts in var/bench/answerability-sample
-    python bench/bench_answerability.py --domain zaragoza   # artifacts in var/bench/answerability-zaragoza
+    python bench/bench_answerability.py --domain sample     # data dir var/bench/answerability-sample
+    python bench/bench_answerability.py --domain zaragoza   # data dir var/bench/answerability-zaragoza/var
 
 Missing artifacts are trained first with the default recipes (embedder, its index, adapter, verifier), on
 training data only. Then every system answers through a real `tunerag serve` (the default engine, greedy)
@@ -40,6 +40,7 @@ from core import artifacts
 from core.settings import SAMPLE_DIR, Settings, load_settings
 from eval.answer_metrics import citation_hit, rouge_l
 from eval.runner import EvalItem, load_eval_set
+from retrieval import index_store
 from retrieval.indexer import update_index
 from retrieval.loaders import load_documents
 from training.embedder_recipe import train_embedder
@@ -52,7 +53,7 @@ SYSTEMS = ("adapter", "adapter+gate", "verifier+base", "verifier+adapter")
 def domain(name: str, work: Path) -> tuple[Settings, dict, dict]:
     """Settings, the recipes' overrides and the server's environment for the domain."""
     if name == "sample":
-        return load_settings(data_dir=work / "var"), {}, {}
+        return load_settings(data_dir=work), {}, {}
     settings, embedder_cfg, generator_cfg = zaragoza_settings(work, -1)
     verifier_cfg = settings.train_verifier.model_copy(update={"chat_files": [work / "chat_train.jsonl"],
                                                               "refusal_answer": REFUSAL})
@@ -73,8 +74,9 @@ def ensure_artifacts(settings: Settings, cfgs: dict) -> dict[str, float]:
     if artifacts.active_id(settings, "embedder") is None:
         timed("train_embedder_s", lambda: artifacts.activate(settings, "embedder",
                                                              train_embedder(settings, cfgs.get("embedder")).id))
-    location = artifacts.active_embedder_location(settings)
-    timed("index_s", lambda: update_index(settings, embedder_location=location))
+    if index_store.current_version(settings.paths.index_dir) is None:
+        location = artifacts.active_embedder_location(settings)
+        timed("index_s", lambda: update_index(settings, embedder_location=location))
     if artifacts.active_id(settings, "adapter") is None:
         timed("train_generator_s", lambda: artifacts.activate(settings, "adapter",
                                                               train_generator(settings, cfgs.get("generator")).id))
