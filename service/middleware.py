@@ -10,10 +10,9 @@
 * Content types: a request with a body, or with a ``Content-Type`` at all, must say it is JSON (or
   multipart, for uploads).
 * Request log: one row per API call (method, path, status, duration, hashed key of a *known* key). Calls
-  without a known key (with auth on: all of them, 404s for made-up paths included; with auth off: refused
-  ones, 429) are stored at most ``server.request_log_unauthenticated_per_minute`` times a minute, so anonymous
-  traffic cannot grow the table; rows older than ``server.request_log_retention_days`` are deleted at
-  start-up and then hourly.
+  without a known key (with auth on: all of them; with auth off: refused ones, 429) are stored at most
+  ``server.request_log_unauthenticated_per_minute`` times a minute, so anonymous traffic cannot grow the
+  table; rows older than ``server.request_log_retention_days`` are deleted at start-up and then hourly.
 """
 
 from __future__ import annotations
@@ -45,7 +44,7 @@ _CLIENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
 _STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 _REFUSED = {401, 403, 429}
-LOG_DROPPED = Counter("tunerag_request_log_dropped_total", "Refused anonymous calls not written to the request log")
+LOG_DROPPED = Counter("tunerag_request_log_dropped_total", "Anonymous calls not written to the request log (over budget)")
 _JSON = "application/json"
 _MULTIPART = "multipart/form-data"
 UPLOAD_PATHS = ("/v1/documents",)
@@ -137,7 +136,7 @@ def content_type_middleware(app: ASGIApp) -> ASGIApp:
 
 
 class RequestLogBudget:
-    """How many refused anonymous calls may still be logged this minute, and when old rows are due to go."""
+    """How many anonymous calls may still be logged this minute, and when old rows are due to go."""
 
     def __init__(self, per_minute: int, retention_days: float) -> None:
         self.per_minute, self.retention = per_minute, timedelta(days=retention_days)
