@@ -93,11 +93,15 @@ class PromptTemplate:
     few_shot: tuple[tuple[str, str], ...] = field(default=())
     max_passage_chars: int = 1200
 
-    def system_message(self, *, with_examples: bool = False) -> Message:
+    def system_message(self, *, with_examples: bool = False, instructions: str | None = None) -> Message:
+        """The house system prompt, then the few-shot examples (``with_examples``), then a client's own
+        ``instructions`` (an OpenAI client's system message): the house rules always come first."""
         content = self.system_prompt.strip()
         if with_examples and self.few_shot:
             shots = "\n\n".join(f"Customer: {q}\nSupport: {a}" for q, a in self.few_shot)
             content = f"{content}\n\nExamples of answers in the house style:\n\n{shots}"
+        if instructions and instructions.strip():
+            content = f"{content}\n\n{instructions.strip()}"
         return {"role": "system", "content": content}
 
     def user_content(self, question: str, passages: Sequence[ContextPassage] | None) -> str:
@@ -119,6 +123,7 @@ class PromptTemplate:
         history: Sequence[Message] = (),
         *,
         with_examples: bool = False,
+        instructions: str | None = None,
     ) -> list[Message]:
         """The full message list for one turn (without the answer).
 
@@ -131,7 +136,7 @@ class PromptTemplate:
             if message.get("role") not in ("user", "assistant"):
                 raise ValueError(f"history[{i}].role must be 'user' or 'assistant', got {message.get('role')!r}")
         return [
-            self.system_message(with_examples=with_examples),
+            self.system_message(with_examples=with_examples, instructions=instructions),
             *({"role": m["role"], "content": m["content"]} for m in history),
             {"role": "user", "content": self.user_content(question, passages)},
         ]
@@ -196,13 +201,15 @@ def build_prompt(
     *,
     with_examples: bool = False,
     max_tokens: int | None = None,
+    instructions: str | None = None,
 ) -> str:
     """The exact string the generator is conditioned on, for training, serving and evaluation alike.
 
     With ``max_tokens``, a prompt that would be longer is shortened in the middle, never at its ends: the
     lowest-ranked passages go first (down to the best one), then the oldest history turns (two messages at a
     time), then the best passage is halved (down to 200 characters) and finally dropped. The system prompt and
-    the question always stay; the generation engines never cut a prompt themselves.
+    the question always stay (so do ``instructions``, a client's system message placed after the house
+    prompt); the generation engines never cut a prompt themselves.
 
     The shortest cut that fits is found by search, not by dropping one piece per render: the number of
     renders grows with the logarithm of the passage and history counts, and the history renders probe from
@@ -215,7 +222,8 @@ def build_prompt(
     history = list(history)
 
     def render(kept: list[ContextPassage] | None, turns: list[Message]) -> str:
-        return render_prompt(tokenizer, template.build_messages(question, kept, turns, with_examples=with_examples))
+        return render_prompt(tokenizer, template.build_messages(question, kept, turns, with_examples=with_examples,
+                                                                instructions=instructions))
 
     prompt = render(passages, history)
     if max_tokens is None:

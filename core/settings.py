@@ -395,6 +395,9 @@ class ServerSettings(BaseModel):
     parse_timeout_s: float = Field(20.0, gt=0, description="Time budget for parsing one uploaded file (a killed child process).")
     parse_memory_mb: int = Field(1024, ge=16, description="Memory budget for parsing one uploaded file.")
     max_upload_files: int = Field(64, gt=0, description="Most files in one multipart upload (parts beyond it: 413).")
+    client_system_messages: Literal["append", "refuse"] = Field(
+        "append", description="A chat-completions system message: append it after the house system prompt (the "
+        "house rules first), or refuse the request with 400.")
     max_messages: int = Field(256, gt=0, description="Most messages in one chat-completions request.")
     max_message_chars: int = Field(32_000, gt=0, description="Longest message in one chat-completions request.")
     max_request_chars: int = Field(

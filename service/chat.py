@@ -124,17 +124,19 @@ class ChatService:
             return None
         return await anyio.to_thread.run_sync(lambda: retriever.search(question, k=top_k, filters=filters))
 
-    def _prompt(self, p: Plan, question: str, results: list[SearchResult] | None, history: Sequence[Message]) -> str:
+    def _prompt(self, p: Plan, question: str, results: list[SearchResult] | None, history: Sequence[Message],
+                instructions: str | None = None) -> str:
         passages = [r.to_passage() for r in results] if results is not None else None
         try:
             return build_prompt(self.template, self.state.tokenizer, question, passages, history,
-                                with_examples=p.mode == "prompt",
+                                with_examples=p.mode == "prompt", instructions=instructions,
                                 max_tokens=self.state.settings.generation.max_context_tokens)
         except ValueError as exc:
             raise InvalidInputError(str(exc)) from None
 
     async def prepare(self, question: str, history: Sequence[Message], mode: str, top_k: int | None,
-                      filters: dict[str, Any] | None, adapter: str | None = None) -> Prepared:
+                      filters: dict[str, Any] | None, adapter: str | None = None,
+                      instructions: str | None = None) -> Prepared:
         """Plan, retrieve, judge answerability (when a verifier is active) and build the prompt."""
         if not question or not question.strip():
             raise InvalidInputError("question must not be empty")
@@ -151,7 +153,7 @@ class ChatService:
             if not judged.answerable:
                 return Prepared(p, results, "", timings, judged)
         # Rendering and tokenizing cost grows with the history a client sends: never on the event loop.
-        prompt = await anyio.to_thread.run_sync(self._prompt, p, question, results, history)
+        prompt = await anyio.to_thread.run_sync(self._prompt, p, question, results, history, instructions)
         return Prepared(p, results, prompt, timings, judged)
 
     def _refusal(self, ready: Prepared, began: float) -> Answer:
@@ -183,17 +185,19 @@ class ChatService:
     async def answer(self, question: str, history: Sequence[Message] = (), mode: str = "combined",
                      top_k: int | None = None, filters: dict[str, Any] | None = None, *,
                      adapter: str | None = None, max_new_tokens: int | None = None,
-                     temperature: float | None = None, stop: Sequence[str] = ()) -> Answer:
+                     temperature: float | None = None, stop: Sequence[str] = (),
+                     instructions: str | None = None) -> Answer:
         if stop:  # the stream stops the generation at the stop sequence, on every backend
             _, pieces = await self.stream(question, history, mode, top_k, filters, adapter=adapter,
-                                          max_new_tokens=max_new_tokens, temperature=temperature, stop=stop)
+                                          max_new_tokens=max_new_tokens, temperature=temperature, stop=stop,
+                                          instructions=instructions)
             async with aclosing(pieces):
                 async for piece in pieces:
                     if isinstance(piece, Answer):
                         return piece
             raise RuntimeError("the answer stream ended without an answer")  # pragma: no cover
         began = time.perf_counter()
-        ready = await self.prepare(question, history, mode, top_k, filters, adapter)
+        ready = await self.prepare(question, history, mode, top_k, filters, adapter, instructions)
         if ready.refuses:
             return self._refusal(ready, began)
         gen_began = time.perf_counter()
@@ -206,13 +210,14 @@ class ChatService:
     async def stream(self, question: str, history: Sequence[Message] = (), mode: str = "combined",
                      top_k: int | None = None, filters: dict[str, Any] | None = None, *,
                      adapter: str | None = None, max_new_tokens: int | None = None,
-                     temperature: float | None = None, stop: Sequence[str] = ()) -> tuple[Plan, AsyncIterator[str | Answer]]:
+                     temperature: float | None = None, stop: Sequence[str] = (),
+                     instructions: str | None = None) -> tuple[Plan, AsyncIterator[str | Answer]]:
         """Plan and retrieve now (so errors surface before streaming starts); yield text pieces, then the Answer.
 
         With ``stop``, the answer ends before the first stop sequence and the generation is cancelled there.
         """
         began = time.perf_counter()
-        ready = await self.prepare(question, history, mode, top_k, filters, adapter)
+        ready = await self.prepare(question, history, mode, top_k, filters, adapter, instructions)
         p, prompt = ready.plan, ready.prompt
 
         async def refusal() -> AsyncIterator[str | Answer]:

@@ -493,3 +493,31 @@ def test_sigterm_stops_the_server_within_the_deadline_during_hostile_requests(tm
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_client_system_message_follows_the_house_prompt_or_is_refused(keyed: Settings) -> None:
+    from transformers import AutoTokenizer
+
+    backend = ScriptedBackend()
+    tokenizer = AutoTokenizer.from_pretrained(keyed.models.generator)
+    prompts: list[str] = []
+    real = backend.generate
+
+    async def spy(prompt, *args, **kwargs):
+        prompts.append(prompt)
+        return await real(prompt, *args, **kwargs)
+
+    backend.generate = spy
+    body = {"messages": [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "Void a label?"}],
+            "retrieval": False}
+    with TestClient(app=create_app(keyed, backend=backend, tokenizer=tokenizer)) as c:
+        assert c.post("/v1/chat/completions", json=body, headers=H_ALICE).status_code == 200
+    system_turn = prompts[-1].split("<|im_end|>")[0]
+    assert system_turn.startswith("<|im_start|>system\nYou are the customer support assistant")
+    assert system_turn.endswith("\n\nAnswer in French.")  # after the house rules, in the one system turn
+    strict = _with_server(keyed, client_system_messages="refuse")
+    with TestClient(app=create_app(strict, backend=ScriptedBackend(), tokenizer=tokenizer)) as c:
+        r = c.post("/v1/chat/completions", json=body, headers=H_ALICE)
+        assert r.status_code == 400 and "server.client_system_messages" in r.json()["detail"]
+        assert c.post("/v1/chat/completions", json={**body, "messages": body["messages"][1:]},
+                      headers=H_ALICE).status_code == 200

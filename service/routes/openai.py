@@ -2,8 +2,9 @@
 
 ``model`` picks the generator: ``tunerag`` (the active adapter, or the base when none is active),
 ``base``, or an adapter id. Retrieval is on unless the request sets ``"retrieval": false``. Client system
-messages are ignored: the house-style system prompt is part of the template the adapter was trained on.
-``stop`` is honoured on every engine (:mod:`service.stop`); ``n`` must be 1.
+messages follow the house system prompt (``server.client_system_messages: append``, the house rules first)
+or are refused with 400 (``refuse``). ``stop`` is honoured on every engine (:mod:`service.stop`); ``n``
+must be 1.
 
 A request's size is checked before any rendering or tokenizing: at most ``server.max_messages`` messages,
 ``server.max_message_chars`` characters each and ``server.max_request_chars`` in all (413 naming the limit).
@@ -86,6 +87,10 @@ class OpenAIController(Controller):
         if data.n != 1:
             raise UnsupportedRequestError(f"n must be 1: tunerag returns one choice per request; got n={data.n}")
         turns = [m for m in data.messages if m.role != "system"]
+        system = [m.content for m in data.messages if m.role == "system" and m.content.strip()]
+        if system and service_state.settings.server.client_system_messages == "refuse":
+            raise UnsupportedRequestError("system messages are not accepted by this server "
+                                          "(server.client_system_messages is 'refuse'); drop them or set it to 'append'")
         if not turns or turns[-1].role != "user":
             raise InvalidInputError("messages must end with a user message")
         history = [{"role": m.role, "content": m.content} for m in turns[:-1]]
@@ -93,7 +98,7 @@ class OpenAIController(Controller):
         mode = ("combined" if adapter else "rag") if data.retrieval else ("ft" if adapter else "prompt")
         stop = [data.stop] if isinstance(data.stop, str) else list(data.stop or ())
         kwargs = {"mode": mode, "top_k": data.top_k, "adapter": adapter, "max_new_tokens": data.max_tokens,
-                  "temperature": data.temperature, "stop": stop}
+                  "temperature": data.temperature, "stop": stop, "instructions": "\n\n".join(system) or None}
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         if not data.stream:
             answer = await unless_disconnected(request, chat_service.answer(turns[-1].content, history, **kwargs))
