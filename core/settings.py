@@ -418,6 +418,7 @@ class ServerSettings(BaseModel):
     generation_backend: Literal["local", "openai"] = "local"
     openai_base_url: str | None = None
     openai_api_key: str | None = None
+    openai_timeout_s: float = Field(120.0, gt=0, description="How long a remote generation may take before a 504.")
 
 
 class Settings(BaseSettings):

@@ -94,7 +94,7 @@ def make_backend(settings: Settings) -> tuple[GenerationBackend, object]:
         resolved = resolve_generator(settings)
         tokenizer = AutoTokenizer.from_pretrained(resolved.location)
         backend = OpenAIBackend(settings.server.openai_base_url, settings.server.openai_api_key,
-                                settings.models.generator, settings.generation)
+                                settings.models.generator, settings.generation, settings.server.openai_timeout_s)
         return backend, tokenizer
     from core.llamacpp_engine import engine_from_settings, select_engine
 

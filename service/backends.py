@@ -46,7 +46,35 @@ CANCELLED = Counter("tunerag_generation_cancelled_total", "Generations stopped b
 
 
 class BackendError(TuneragError):
+    """The generation backend answered with an error (a remote server's 4xx/5xx)."""
+
     status_code = 502
+
+
+class BackendUnavailableError(BackendError):
+    """The generation backend cannot be reached (connection refused, DNS, reset)."""
+
+    status_code = 503
+
+
+class BackendTimeoutError(BackendError):
+    """The generation backend did not answer in time."""
+
+    status_code = 504
+
+
+@contextlib.contextmanager
+def _remote_errors(base_url: str):
+    """httpx's transport errors as the backend errors the API maps to 503/504/502 JSON."""
+    import httpx
+
+    try:
+        yield
+    except httpx.TimeoutException:
+        raise BackendTimeoutError(f"the generation backend at {base_url} did not answer in time") from None
+    except httpx.TransportError as exc:
+        raise BackendUnavailableError(f"the generation backend at {base_url} is unreachable "
+                                      f"({type(exc).__name__})") from None
 
 
 class GenerationBackend(Protocol):
@@ -262,12 +290,13 @@ class OpenAIBackend:
 
     name = "openai"
 
-    def __init__(self, base_url: str, api_key: str | None, base_model: str, config: GenerationSettings) -> None:
+    def __init__(self, base_url: str, api_key: str | None, base_model: str, config: GenerationSettings,
+                 timeout_s: float = 120.0) -> None:
         import httpx
 
-        self.base_model, self.config = base_model, config
+        self.base_model, self.config, self.base_url = base_model, config, base_url.rstrip("/")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers, timeout=120)
+        self._client = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s)
         self._adapters: set[str] = set()
 
     def _payload(self, prompt: str, adapter: str | None, max_new_tokens: int | None, temperature: float | None,
@@ -279,8 +308,9 @@ class OpenAIBackend:
     async def generate(self, prompt: str, adapter: str | None, max_new_tokens: int | None,
                        temperature: float | None) -> Generation:
         began = time.perf_counter()
-        response = await self._client.post("/v1/completions",
-                                           json=self._payload(prompt, adapter, max_new_tokens, temperature, False))
+        with _remote_errors(self.base_url):
+            response = await self._client.post("/v1/completions",
+                                               json=self._payload(prompt, adapter, max_new_tokens, temperature, False))
         if response.status_code >= 400:
             raise BackendError(f"generation backend answered {response.status_code}: {response.text[:200]}")
         body = response.json()
@@ -293,12 +323,22 @@ class OpenAIBackend:
     async def stream(self, prompt: str, adapter: str | None, max_new_tokens: int | None,
                      temperature: float | None) -> AsyncIterator[str]:
         payload = self._payload(prompt, adapter, max_new_tokens, temperature, True)
-        async with self._client.stream("POST", "/v1/completions", json=payload) as response:
-            if response.status_code >= 400:
-                raise BackendError(f"generation backend answered {response.status_code}")
-            async for line in response.aiter_lines():
-                if line.startswith("data: ") and line != "data: [DONE]":
-                    yield json.loads(line[6:])["choices"][0].get("text", "")
+        with _remote_errors(self.base_url):
+            async with self._client.stream("POST", "/v1/completions", json=payload) as response:
+                if response.status_code >= 400:
+                    raise BackendError(f"generation backend answered {response.status_code}")
+                async for line in response.aiter_lines():
+                    if line.startswith("data: ") and line != "data: [DONE]":
+                        yield json.loads(line[6:])["choices"][0].get("text", "")
+
+    async def health(self) -> str | None:
+        """None when the remote answers ``GET /v1/models``, else what is wrong (for /ready)."""
+        try:
+            with _remote_errors(self.base_url):
+                response = await self._client.get("/v1/models", timeout=3)
+        except BackendError as exc:
+            return str(exc)
+        return None if response.status_code < 400 else f"the generation backend answered {response.status_code}"
 
     async def load_adapter(self, name: str, path: Path) -> None:
         # The remote server loads adapters itself (vLLM: --lora-modules name=path); we only record the name.

@@ -25,7 +25,7 @@ from typing import Any
 
 import anyio
 
-from core.errors import InvalidInputError
+from core.errors import InvalidInputError, TuneragError
 from core.prompt import CITATION, MODES, Message, Mode, build_prompt, load_template
 from retrieval.answerability import Answerability, Verifier, pair_text
 from retrieval.search import Retriever, SearchResult
@@ -109,6 +109,30 @@ def cited_ids(text: str, allowed: Sequence[str]) -> list[str]:
 def _source(r: SearchResult) -> dict[str, Any]:
     return {"doc_id": r.doc_id, "title": r.title, "heading_path": list(r.heading_path),
             "snippet": " ".join(r.text.split())[:240], "score": round(r.score, 4), "chunk_id": r.chunk_id}
+
+
+async def primed(pieces: AsyncIterator[str | Answer]) -> AsyncIterator[str | Answer]:
+    """``pieces`` with its first item already produced: a backend that fails at once (unreachable, refusing
+    the request) fails here, before a streaming response has sent its 200."""
+    first = await anext(pieces)
+
+    async def chained() -> AsyncIterator[str | Answer]:
+        async with aclosing(pieces):
+            yield first
+            async for piece in pieces:
+                yield piece
+
+    return chained()
+
+
+async def stream_errors(pieces: AsyncIterator[str | Answer]) -> AsyncIterator[str | Answer | dict[str, Any]]:
+    """``pieces``, and if the backend fails mid-stream a last item ``{"status_code", "error", "detail"}``
+    (a streaming response cannot change its status any more: the client gets the error as an event)."""
+    try:
+        async for piece in pieces:
+            yield piece
+    except TuneragError as exc:
+        yield {"status_code": exc.status_code, "error": type(exc).__name__, "detail": str(exc)}
 
 
 class ChatService:

@@ -67,3 +67,68 @@ def test_judge_sends_question_reference_and_answer() -> None:
     assert seen[0]["model"] == "big" and "Q?" in user and "REF" in user and "ANS" in user
     with pytest.raises(ValueError, match="judge_base_url"):
         Judge(load_settings().eval)
+
+
+# --- a remote that is down or silent, over real sockets ------------------------------------------------------
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again when the block ends: connections are refused
+
+
+@pytest.mark.parametrize("silent", [False, True])
+def test_a_remote_backend_that_is_down_or_silent_is_503_or_504_and_ready_says_so(settings, silent: bool) -> None:
+    import socket
+    import threading
+
+    from litestar.testing import TestClient
+
+    from service.app import create_app
+
+    listener = None
+    if silent:  # accepts connections, never answers
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        port = listener.getsockname()[1]
+        accepted: list[socket.socket] = []
+        threading.Thread(target=lambda: [accepted.append(listener.accept()[0]) for _ in range(16)], daemon=True).start()
+    else:
+        port = _closed_port()
+    remote = settings.model_copy(update={"server": settings.server.model_copy(update={
+        "generation_backend": "openai", "openai_base_url": f"http://127.0.0.1:{port}", "openai_timeout_s": 1.0})})
+    expected = 504 if silent else 503
+    try:
+        with TestClient(app=create_app(remote)) as c:
+            ready = c.get("/ready")
+            assert ready.status_code == 503 and ready.json()["status"] == "unavailable", ready.text
+            assert f"127.0.0.1:{port}" in ready.json()["problem"]
+            for path, body in (("/v1/chat", {"question": "How do I void a label?"}),
+                               ("/v1/chat", {"question": "How do I void a label?", "stream": True}),
+                               ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Void a label?"}]}),
+                               ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Void?"}], "stream": True})):
+                r = c.post(path, json=body)
+                assert r.status_code == expected, (path, body, r.status_code, r.text[:300])
+                assert f"127.0.0.1:{port}" in r.json()["detail"]
+    finally:
+        if listener is not None:
+            listener.close()
+
+
+def test_a_failure_after_the_stream_started_becomes_a_last_error_item() -> None:
+    from service.backends import BackendUnavailableError
+    from service.chat import stream_errors
+
+    async def pieces():
+        yield "Hi "
+        raise BackendUnavailableError("the generation backend at http://x is unreachable (ReadError)")
+
+    async def collect():
+        return [p async for p in stream_errors(pieces())]
+
+    out = asyncio.run(collect())
+    assert out[0] == "Hi " and out[1] == {"status_code": 503, "error": "BackendUnavailableError",
+                                          "detail": "the generation backend at http://x is unreachable (ReadError)"}

@@ -27,7 +27,7 @@ from core import artifacts
 from core.errors import InvalidInputError, NotFoundError, UnsupportedRequestError
 from core.settings import ServerSettings
 from service.auth import requires
-from service.chat import Answer, ChatService
+from service.chat import Answer, ChatService, primed, stream_errors
 from service.disconnect import unless_disconnected
 from service.schemas import ChatCompletionRequest, OpenAIMessage
 from service.state import ServiceState
@@ -111,6 +111,7 @@ class OpenAIController(Controller):
                             "refused": answer.refused, "answerability": answer.answerability},
             })
         _, pieces = await chat_service.stream(turns[-1].content, history, **kwargs)
+        pieces = await primed(pieces)
 
         def chunk(delta: dict[str, str], finish: str | None = None, **extra: Any) -> str:
             return json.dumps({"id": completion_id, "object": "chat.completion.chunk", "created": created,
@@ -118,7 +119,11 @@ class OpenAIController(Controller):
 
         async def events() -> AsyncIterator[str]:
             yield chunk({"role": "assistant"})
-            async for piece in pieces:
+            async for piece in stream_errors(pieces):
+                if isinstance(piece, dict):  # OpenAI's servers send a mid-stream failure as an error object
+                    yield json.dumps({"error": {"message": piece["detail"], "type": piece["error"],
+                                                "code": piece["status_code"]}})
+                    return
                 if isinstance(piece, Answer):
                     yield chunk({}, piece.finish_reason, usage=_usage(piece), tunerag={
                         "sources": piece.sources, "refused": piece.refused, "answerability": piece.answerability})

@@ -20,8 +20,11 @@ async def health() -> dict[str, str]:
 async def ready(service_state: NamedDependency[ServiceState | None]) -> Response[dict[str, Any]]:
     if service_state is None or service_state.retriever is None:
         return Response({"status": "starting"}, status_code=503)
+    health = getattr(service_state.backend, "health", None)
+    problem = await health() if health is not None else None
     return Response({
-        "status": "ready",
+        "status": "ready" if problem is None else "unavailable",
+        **({"problem": problem} if problem else {}),
         "generator": service_state.settings.models.generator,
         "engine": getattr(service_state.backend, "name", type(service_state.backend).__name__),
         "index_version": service_state.index_version,
@@ -30,7 +33,7 @@ async def ready(service_state: NamedDependency[ServiceState | None]) -> Response
         "loaded_adapters": service_state.backend.loaded_adapters(),
         "verifier": service_state.verifier.id if service_state.verifier else None,
         "notes": service_state.notes,
-    })
+    }, status_code=200 if problem is None else 503)
 
 
 class MetricsController(PrometheusController):
