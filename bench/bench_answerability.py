@@ -62,8 +62,9 @@ def domain(name: str, work: Path) -> tuple[Settings, dict, dict]:
     return settings, {"embedder": embedder_cfg, "generator": generator_cfg, "verifier": verifier_cfg}, env
 
 
-def ensure_artifacts(settings: Settings, cfgs: dict) -> dict[str, float]:
-    """Train (and activate) whatever is missing, in the order the README gives; returns wall times."""
+def ensure_artifacts(settings: Settings, cfgs: dict, *, adapter: bool = True) -> dict[str, float]:
+    """Train (and activate) whatever is missing, in the order the README gives (the adapter only when a system
+    uses it); returns wall times."""
     times: dict[str, float] = {}
 
     def timed(name: str, fn) -> None:
@@ -77,7 +78,7 @@ def ensure_artifacts(settings: Settings, cfgs: dict) -> dict[str, float]:
     if index_store.current_version(settings.paths.index_dir) is None:
         location = artifacts.active_embedder_location(settings)
         timed("index_s", lambda: update_index(settings, embedder_location=location))
-    if artifacts.active_id(settings, "adapter") is None:
+    if adapter and artifacts.active_id(settings, "adapter") is None:
         timed("train_generator_s", lambda: artifacts.activate(settings, "adapter",
                                                               train_generator(settings, cfgs.get("generator")).id))
     if not artifacts.list_artifacts(settings, "verifier"):  # the runs switch it on and off through the API
@@ -150,30 +151,35 @@ def on_common_answers(items: list[EvalItem], answers: list[dict], baseline: list
             "citation_hit_adapter": mean(lambda a, i: citation_hit(a, items[i].gold_doc_ids), baseline)}
 
 
-def run_protocol(settings: Settings, data_dir: Path, sources: list[Path], items: list[EvalItem], answerable: list[bool],
-                 env: dict[str, str], verifier_id: str) -> dict:
-    """Every system on one knowledge base; two servers (the gate is a start-up setting)."""
+def run_protocol(data_dir: Path, sources: list[Path], items: list[EvalItem], answerable: list[bool],
+                 env: dict[str, str], verifier_id: str, systems: tuple[str, ...]) -> dict:
+    """The chosen systems on one knowledge base; two servers (the gate is a start-up setting)."""
     answers: dict[str, list[dict]] = {}
     base_env = {**env, "TUNERAG_GENERATION__TEMPERATURE": "0"}
     server = Server(data_dir, 8, sources, base_env)
     try:
         httpx.post(f"{server.url}/v1/verifiers/none/activate", timeout=60).raise_for_status()
-        answers["adapter"] = asyncio.run(ask_all(server.url, items, "combined"))
+        if "adapter" in systems:
+            answers["adapter"] = asyncio.run(ask_all(server.url, items, "combined"))
         httpx.post(f"{server.url}/v1/verifiers/{verifier_id}/activate", timeout=120).raise_for_status()
-        answers["verifier+base"] = asyncio.run(ask_all(server.url, items, "rag"))
-        answers["verifier+adapter"] = asyncio.run(ask_all(server.url, items, "combined"))
+        for name, mode in (("verifier+base", "rag"), ("verifier+adapter", "combined")):
+            if name in systems:
+                answers[name] = asyncio.run(ask_all(server.url, items, mode))
         httpx.post(f"{server.url}/v1/verifiers/none/activate", timeout=60).raise_for_status()
     finally:
         server.stop()
-    server = Server(data_dir, 8, sources, {**base_env, "TUNERAG_GENERATION__REFUSAL_MIN_PROB": "0.5"})
-    try:
-        answers["adapter+gate"] = asyncio.run(ask_all(server.url, items, "combined"))
-    finally:
-        server.stop()
-    out = {name: score(items, answers[name], answerable) for name in SYSTEMS}
-    for name in ("verifier+base", "verifier+adapter", "adapter+gate"):
-        out[name]["vs_adapter_on_questions_both_answered"] = on_common_answers(items, answers[name], answers["adapter"],
-                                                                             answerable)
+    if "adapter+gate" in systems:
+        server = Server(data_dir, 8, sources, {**base_env, "TUNERAG_GENERATION__REFUSAL_MIN_PROB": "0.5"})
+        try:
+            answers["adapter+gate"] = asyncio.run(ask_all(server.url, items, "combined"))
+        finally:
+            server.stop()
+    out = {name: score(items, answers[name], answerable) for name in SYSTEMS if name in answers}
+    if "adapter" in answers:
+        for name in ("verifier+base", "verifier+adapter", "adapter+gate"):
+            if name in answers:
+                out[name]["vs_adapter_on_questions_both_answered"] = on_common_answers(
+                    items, answers[name], answers["adapter"], answerable)
     return out
 
 
@@ -211,19 +217,25 @@ def main() -> None:
     parser.add_argument("--domain", choices=("sample", "zaragoza"), default="sample")
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--systems", default=",".join(SYSTEMS),
+                        help="comma-separated subset (verifier+base alone needs no adapter)")
     args = parser.parse_args()
+    systems = tuple(s for s in args.systems.split(",") if s)
+    unknown = set(systems) - set(SYSTEMS)
+    if unknown:
+        parser.error(f"unknown systems {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
     work = ROOT / "var" / "bench" / f"answerability-{args.domain}"
     work.mkdir(parents=True, exist_ok=True)
     settings, cfgs, env = domain(args.domain, work)
-    training = ensure_artifacts(settings, cfgs)
+    training = ensure_artifacts(settings, cfgs, adapter=any("adapter" in name for name in systems))
     verifier = artifacts.get_artifact(settings, "verifier", "latest")
     eval_file = settings.eval.eval_file if args.domain == "zaragoza" else SAMPLE_DIR / "eval.jsonl"
     items = load_eval_set(Path(eval_file), args.limit)
 
     # Protocol 1: the held-out questions against the full knowledge base.
     sources = [Path(s) for s in settings.retrieval.sources]
-    heldout = run_protocol(settings, settings.paths.data_dir, sources, items, [i.answerable for i in items], env,
-                           verifier.id)
+    heldout = run_protocol(settings.paths.data_dir, sources, items, [i.answerable for i in items], env, verifier.id,
+                           systems)
 
     # Protocol 2: a seeded half of the answerable questions lose their gold documents.
     answerable_items = [i for i in items if i.answerable]
@@ -241,12 +253,12 @@ def main() -> None:
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
     (data_dir / "artifacts").symlink_to(settings.paths.artifacts_dir.resolve(), target_is_directory=True)
-    gold_removed = run_protocol(settings, data_dir, [corpus], kept_items, kept_flags, env, verifier.id)
+    gold_removed = run_protocol(data_dir, [corpus], kept_items, kept_flags, env, verifier.id, systems)
 
     cost = verifier_cost(settings, verifier, items, verifier.manifest["top_k"])
     emit(f"answerability_{args.domain}", {
         "verifier_cost_in_process": cost,
-        "domain": args.domain, "training_wall_s": training, "verifier": verifier.id,
+        "domain": args.domain, "systems": systems, "training_wall_s": training, "verifier": verifier.id,
         "verifier_threshold": verifier.manifest["threshold"],
         "verifier_out_of_fold": verifier.manifest["metrics_out_of_fold"],
         "heldout": {"questions": len(items), **heldout},

@@ -334,10 +334,12 @@ class VerifierTrainingSettings(BaseModel):
     max_length: int = Field(
         192, gt=16, description="Tokens of one (question, passage) pair: the cost of a judgement grows with it "
         "(4 pairs of 256 tokens take ~0.6 s on one CPU core with MiniLM-L6); chunks are retrieval.chunk_size tokens.")
-    num_train_epochs: float = Field(1.0, gt=0)
+    num_train_epochs: float = Field(
+        10.0, gt=0, description="Passes over the pairs. The encoder starts as a bi-encoder with a fresh head: on the "
+        "sample chats the out-of-fold ROC AUC was 0.57 after 1 epoch, 0.77 after 3, 0.91 after 6, 0.92 after 12.")
     max_steps: int = Field(-1, description="Stop after N optimizer steps (-1: the epochs decide).")
     per_device_train_batch_size: int = Field(16, gt=0)
-    learning_rate: float = Field(5e-5, gt=0)
+    learning_rate: float = Field(1e-4, gt=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     folds: int = Field(
         2, ge=2, description="Cross-fitting folds over the training questions: each fold's model scores the "
