@@ -155,7 +155,8 @@ def run_protocol(data_dir: Path, sources: list[Path], items: list[EvalItem], ans
                  env: dict[str, str], verifier_id: str, systems: tuple[str, ...]) -> dict:
     """The chosen systems on one knowledge base; two servers (the gate is a start-up setting)."""
     answers: dict[str, list[dict]] = {}
-    base_env = {**env, "TUNERAG_GENERATION__TEMPERATURE": "0"}
+    # Auth is off here: every request shares one address bucket, so the limit must exceed the run.
+    base_env = {**env, "TUNERAG_GENERATION__TEMPERATURE": "0", "TUNERAG_SERVER__RATE_LIMIT_PER_MINUTE": "100000"}
     server = Server(data_dir, 8, sources, base_env)
     try:
         httpx.post(f"{server.url}/v1/verifiers/none/activate", timeout=60).raise_for_status()
