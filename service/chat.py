@@ -111,20 +111,6 @@ def _source(r: SearchResult) -> dict[str, Any]:
             "snippet": " ".join(r.text.split())[:240], "score": round(r.score, 4), "chunk_id": r.chunk_id}
 
 
-async def primed(pieces: AsyncIterator[str | Answer]) -> AsyncIterator[str | Answer]:
-    """``pieces`` with its first item already produced: a backend that fails at once (unreachable, refusing
-    the request) fails here, before a streaming response has sent its 200."""
-    first = await anext(pieces)
-
-    async def chained() -> AsyncIterator[str | Answer]:
-        async with aclosing(pieces):
-            yield first
-            async for piece in pieces:
-                yield piece
-
-    return chained()
-
-
 async def stream_errors(pieces: AsyncIterator[str | Answer]) -> AsyncIterator[str | Answer | dict[str, Any]]:
     """``pieces``, and if the backend fails mid-stream a last item ``{"status_code", "error", "detail"}``
     (a streaming response cannot change its status any more: the client gets the error as an event)."""

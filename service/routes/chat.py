@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from core.errors import NotFoundError
 from core.prompt import Message as PromptMessage
 from service.auth import is_admin, known_key, presented_key, requires
-from service.chat import Answer, ChatService, primed, stream_errors
+from service.chat import Answer, ChatService, stream_errors
 from service.db import Conversation, Feedback, Message
 from service.disconnect import unless_disconnected
 from service.schemas import (
@@ -108,7 +108,6 @@ class ChatController(Controller):
             return Response(response_for(answer, conversation_id, message_id))
 
         _, pieces = await chat_service.stream(data.question, history, **kwargs)
-        pieces = await primed(pieces)
 
         async def events() -> AsyncIterator[dict[str, str]]:
             async for piece in stream_errors(pieces):

@@ -27,7 +27,7 @@ from core import artifacts
 from core.errors import InvalidInputError, NotFoundError, UnsupportedRequestError
 from core.settings import ServerSettings
 from service.auth import requires
-from service.chat import Answer, ChatService, primed, stream_errors
+from service.chat import Answer, ChatService, stream_errors
 from service.disconnect import unless_disconnected
 from service.schemas import ChatCompletionRequest, OpenAIMessage
 from service.state import ServiceState
@@ -111,7 +111,6 @@ class OpenAIController(Controller):
                             "refused": answer.refused, "answerability": answer.answerability},
             })
         _, pieces = await chat_service.stream(turns[-1].content, history, **kwargs)
-        pieces = await primed(pieces)
 
         def chunk(delta: dict[str, str], finish: str | None = None, **extra: Any) -> str:
             return json.dumps({"id": completion_id, "object": "chat.completion.chunk", "created": created,
