@@ -92,14 +92,12 @@ def gold_removed_corpus(settings: Settings, removed: set[str], out: Path) -> Pat
     out.mkdir(parents=True)
     sources = [Path(s) for s in settings.retrieval.sources]
     holders = {Path(d.source.split("#")[0]).resolve() for d in load_documents(sources) if d.doc_id in removed}
-    kept = 0
     for root in sources:
         for path in sorted(root.rglob("*")):
             if path.is_file() and path.resolve() not in holders:
                 target = out / path.relative_to(root)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(path, target)
-                kept += 1
     return out
 
 
@@ -244,10 +242,9 @@ def main() -> None:
     removed_items = set(rng.sample([i.id for i in answerable_items], len(answerable_items) // 2))
     removed_docs = {d for i in answerable_items if i.id in removed_items for d in i.gold_doc_ids}
     # A question stays answerable only if none of its gold documents went with another question's.
-    protocol_items = answerable_items
-    still = [i.id not in removed_items and not set(i.gold_doc_ids) & removed_docs for i in protocol_items]
-    kept_items = [it for it, ok in zip(protocol_items, still, strict=True) if ok or it.id in removed_items]
-    kept_flags = [ok for it, ok in zip(protocol_items, still, strict=True) if ok or it.id in removed_items]
+    still = [i.id not in removed_items and not set(i.gold_doc_ids) & removed_docs for i in answerable_items]
+    kept_items = [it for it, ok in zip(answerable_items, still, strict=True) if ok or it.id in removed_items]
+    kept_flags = [ok for it, ok in zip(answerable_items, still, strict=True) if ok or it.id in removed_items]
     removed_dir = work / "gold-removed"
     corpus = gold_removed_corpus(settings, removed_docs, removed_dir / "corpus")
     data_dir = removed_dir / "var"
@@ -264,7 +261,7 @@ def main() -> None:
         "verifier_out_of_fold": verifier.manifest["metrics_out_of_fold"],
         "heldout": {"questions": len(items), **heldout},
         "gold_removed": {"questions": len(kept_items), "removed_documents": len(removed_docs),
-                         "dropped_as_ambiguous": len(protocol_items) - len(kept_items), **gold_removed},
+                         "dropped_as_ambiguous": len(answerable_items) - len(kept_items), **gold_removed},
     })
 
 

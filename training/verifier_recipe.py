@@ -234,7 +234,7 @@ def train_verifier(settings: Settings, cfg: VerifierTrainingSettings | None = No
             "refusal_answer": refusal,
             "tokenizer_fingerprint": tokenizer_fingerprint(model.tokenizer),
             "index": {"version": version.name, "embedder": version.manifest.embedder_id},
-            "data_hash": artifacts.data_hash([r for r in rows]),
+            "data_hash": artifacts.data_hash(rows),
             "data": {"chats": len(examples), "cleaning": asdict(report), "contexts": dict(Counter(s.kind for s in sets)),
                      "pairs": dict(counts)},
             "metrics_out_of_fold": oof,
