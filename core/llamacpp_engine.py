@@ -36,12 +36,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from core.errors import ConfigError, ModelNotFoundError, NotFoundError, TuneragError
+from core.errors import ConfigError, InvalidInputError, ModelNotFoundError, NotFoundError, TuneragError
 from core.generation import Generation
 from core.refusal import RefusalGate, load_gate
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
+
+    from core.gguf_lora import LoraShapes
 
     from core.settings import Settings
 
@@ -90,6 +92,7 @@ def engine_from_settings(settings: Settings, on_step: Callable[[int], None] | No
     """The llama.cpp engine on the settings' GGUF generator, with its HF tokenizer (one prompt path)."""
     from transformers import AutoConfig, AutoTokenizer
 
+    from core.gguf_lora import LoraShapes
     from core.llamacpp_weights import engine_weights
     from core.models import generator_gguf_path, resolve_generator
 
@@ -99,8 +102,7 @@ def engine_from_settings(settings: Settings, on_step: Callable[[int], None] | No
     gen = settings.generation
     weights = engine_weights(settings, generator_gguf_path(settings))  # type: ignore[arg-type]
     return LlamaCppEngine(weights.path, tokenizer, max_batch=gen.max_running_requests, kv_tokens=gen.kv_cache_tokens,
-                          n_threads=gen.threads, n_head=config.num_attention_heads,
-                          n_head_kv=getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
+                          n_threads=gen.threads, lora_shapes=LoraShapes.from_config(config),
                           max_call_tokens=weights.max_call_tokens, refusal_min_prob=gen.refusal_min_prob,
                           on_step=on_step)
 
@@ -210,8 +212,8 @@ class LlamaCppEngine:
     """
 
     def __init__(self, gguf_path: Path, tokenizer: PreTrainedTokenizerBase, *, max_batch: int = 8,
-                 kv_tokens: int = 16384, n_threads: int | None = None, n_head: int | None = None,
-                 n_head_kv: int | None = None, max_call_tokens: int = 31, refusal_min_prob: float = 0.0,
+                 kv_tokens: int = 16384, n_threads: int | None = None, lora_shapes: LoraShapes | None = None,
+                 max_call_tokens: int = 31, refusal_min_prob: float = 0.0,
                  on_step: Callable[[int], None] | None = None) -> None:
         if not gguf_path.is_file():
             raise ModelNotFoundError(f"GGUF model not found: {gguf_path}")
@@ -242,7 +244,7 @@ class LlamaCppEngine:
         self.batch = C.llama_batch_init(MAX_CALL_TOKENS, 0, 1)
         self.tokenizer = tokenizer
         self.eos_ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-        self.n_head, self.n_head_kv = n_head, n_head_kv
+        self.lora_shapes = lora_shapes
         self.on_step = on_step
         self._adapters: dict[str, tuple[str, int]] = {}  # name -> (peft folder, llama adapter pointer)
         self.refusal_min_prob = refusal_min_prob
@@ -253,6 +255,7 @@ class LlamaCppEngine:
         self._waiting: list[EngineRequest] = []
         self._running: dict[int, _Seq] = {}
         self._prefixes: dict[str | None, _Prefix] = {}
+        self._after_step: list[Callable[[], None]] = []  # engine-thread work waiting for the prefill context
         self._decoding = 0  # concurrent llama_decode calls: never above 1 (checked by the tests)
         self.max_concurrent_decodes = 0
         self.decode_calls = 0
@@ -287,12 +290,21 @@ class LlamaCppEngine:
 
     def load_adapter(self, name: str, peft_dir: Path | str) -> None:
         """Export (once) the peft adapter to GGUF and load it; runs on the engine thread between steps."""
-        from core.gguf_lora import export_lora_gguf
+        from core.gguf_lora import adapter_rank, export_lora_gguf
 
         folder = str(peft_dir)
         if self._adapters.get(name, ("", 0))[0] == folder:
             return
-        gguf_file = export_lora_gguf(Path(folder), self.n_head or 1, self.n_head_kv or self.n_head or 1)
+        if self.lora_shapes is None:
+            raise ConfigError("this engine was built without the model's shapes (lora_shapes): it cannot load LoRAs")
+        gguf_file = export_lora_gguf(Path(folder), self.lora_shapes)
+        rank = adapter_rank(Path(folder))
+        others = {n: adapter_rank(Path(f)) for n, (f, _) in self._adapters.items() if n != name}
+        if any(r != rank for r in others.values()):
+            # Two ranks make two graph shapes, and this wheel reuses one's memory plan for the other (a crash).
+            raise InvalidInputError(f"adapter {name!r} has LoRA rank {rank}, the loaded adapters {others}: the llama.cpp "
+                                    "engine serves one LoRA rank per process (restart it to change rank), or retrain "
+                                    f"with r={next(iter(others.values()))}")
         gate = load_gate(folder, self.tokenizer, self.refusal_min_prob)
         done: queue.Queue[BaseException | None] = queue.Queue()
 
@@ -316,6 +328,35 @@ class LlamaCppEngine:
             raise error
         logger.info("adapter %s loaded into llama.cpp from %s", name, gguf_file)
 
+    def prompt_logits(self, prompt_ids: Sequence[int], adapter: str | None = None) -> np.ndarray:
+        """The next-token logits after ``prompt_ids`` under ``adapter`` (a copy), computed on the engine thread
+        in the prefill context between steps: what parity checks and benchmarks compare with transformers."""
+        if adapter is not None and adapter not in self._adapters:
+            raise NotFoundError(f"adapter {adapter!r} is not loaded; loaded: {sorted(self._adapters) or 'none'}")
+        if not 0 < len(prompt_ids) < self.prefill_tokens - 1024:
+            raise TuneragError(f"prompt of {len(prompt_ids)} tokens does not fit the prefill context")
+        done: queue.Queue[np.ndarray | BaseException] = queue.Queue()
+
+        def compute() -> None:
+            try:
+                if self._prefill is not None:  # a prompt is half-prefilled in sequence 0: come back after a step
+                    self._after_step.append(compute)
+                    return
+                self._set_adapter(self.pctx, adapter)
+                row = self._decode_tokens(list(prompt_ids), 0, self.pctx, logits_last=True)
+                done.put(self._logits(self.pctx, row).copy())
+            except BaseException as exc:
+                done.put(exc)
+            finally:
+                if self._prefill is None:
+                    self.api.seq_rm(self.pctx, 0, -1, -1)
+
+        self._inbox.put(compute)
+        result = done.get()
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
     def close(self) -> None:
         self._closed = True
         self._inbox.put(None)
@@ -331,6 +372,10 @@ class LlamaCppEngine:
         # Adapters switch between steps; a reused compute graph is not documented to follow them, and turning
         # reuse off cost nothing measurable (108 vs 110 tokens/s single-stream).
         cparams.graph_reuse = False
+        # ik_llama.cpp fuses ffn_up and ffn_gate into one op that ignores LoRA tensors on either: with it on, an
+        # all-linear adapter's up/gate deltas are silently dropped (measured: logit change 0.0 for an up-only
+        # LoRA; tests/test_llamacpp_engine.py checks every module). Off costs nothing measurable (bench/RESULTS.md).
+        cparams.fused_up_gate = False
         ctx = C.llama_init_from_model(self.model, cparams)
         if not ctx:
             raise TuneragError("llama.cpp could not create a context (out of memory for the KV cache?)")
@@ -348,6 +393,8 @@ class LlamaCppEngine:
             while item is not False:
                 if item is None:
                     self._fail_all(TuneragError("the generation engine shut down"))
+                    for work in self._after_step:  # the prefill context is free now: nobody is left waiting
+                        work()
                     return
                 if callable(item) and not isinstance(item, EngineRequest):
                     item()
@@ -362,6 +409,9 @@ class LlamaCppEngine:
             except BaseException as exc:  # a llama.cpp failure fails the requests in flight, not the loop
                 logger.exception("generation step failed")
                 self._fail_all(exc)
+            waiting, self._after_step = self._after_step, []
+            for work in waiting:
+                work()
 
     def _fail_all(self, exc: BaseException) -> None:
         if self._prefill is not None:

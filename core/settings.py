@@ -190,11 +190,13 @@ class GenerationSettings(BaseModel):
         16384, ge=1024, description="llama.cpp engine: KV-cache cells shared by all running requests."
     )
     threads: int | None = Field(None, gt=0, description="llama.cpp engine: CPU threads (default: all cores).")
-    llamacpp_weights: Literal["q8_0", "original"] = Field(
+    llamacpp_weights: Literal["q8_0", "f16", "original"] = Field(
         "q8_0",
-        description="llama.cpp engine: the weights it runs. q8_0: the GGUF re-quantized once to Q8_0 (cached), so "
-        "prompts go in large calls (1.37x faster prefill on 2 cores, same decode speed); original: the file as "
-        "shipped (Q4_0/Q4_1 prompts go in 31-token calls: larger ones disagree with the reference in this wheel).",
+        description="llama.cpp engine: the weights it runs, converted once from the shipped GGUF and cached. q8_0: "
+        "8-bit weights, and activations quantized to 8 bits by the kernels (fastest; logits off the transformers "
+        "reference by ~1% of their norm, enough to flip near ties); f16: 16-bit weights and activations (logits within "
+        "0.03% of the reference, slower decode: bench/RESULTS.md); original: the file as shipped (Q4_0/Q4_1 prompts go "
+        "in 31-token calls: larger ones disagree with the reference in this wheel).",
     )
     prefill_chunk_tokens: int = Field(
         256, ge=1, le=512,

@@ -137,6 +137,58 @@ def test_peft_adapter_exported_to_gguf_gives_the_same_answers(engine: LlamaCppEn
     assert common_prefix_tokens(tokenizer, ours.text, theirs.text) >= 8, (ours.text, theirs.text)
 
 
+MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@pytest.fixture(scope="module")
+def f16_engine(real_settings: Settings) -> Iterator[LlamaCppEngine]:
+    """The engine on an F16 copy of the GGUF: 16-bit activations, so logits can be compared with transformers'
+    to a tolerance that a missing or mis-scaled LoRA module cannot hide in (Q8_0's kernel noise could)."""
+    settings = real_settings.model_copy(update={"generation": real_settings.generation.model_copy(
+        update={"max_running_requests": 2, "kv_cache_tokens": 4096, "llamacpp_weights": "f16"})})
+    engine = engine_from_settings(settings)
+    assert engine.gguf_name.endswith("f16-" + engine.gguf_name.split("f16-")[-1]), engine.gguf_name
+    yield engine
+    engine.close()
+
+
+def test_every_lora_module_moves_llamacpp_logits_as_peft_moves_transformers(
+        f16_engine: LlamaCppEngine, real_settings: Settings, tmp_path: Path) -> None:
+    """One random adapter per linear module: llama.cpp's logit change (adapter minus base) must match peft's
+    in direction and size. This caught ik_llama.cpp's fused up/gate op, which drops LoRAs on ffn_up and
+    ffn_gate (a change of exactly 0): the served all-linear adapter lost its MLP half."""
+    import numpy as np
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from core.models import load_generator
+
+    prompt = prompts(real_settings, f16_engine.tokenizer)[0]
+    ids = f16_engine.tokenizer(prompt, add_special_tokens=False).input_ids
+    base_model, _ = load_generator(real_settings)
+    with torch.no_grad():
+        hf_base = base_model(torch.tensor([ids])).logits[0, -1].float().numpy()
+    cpp_base = f16_engine.prompt_logits(ids)
+    assert np.linalg.norm(cpp_base - hf_base) < 0.002 * np.linalg.norm(hf_base)
+    for module in MODULES:
+        model, _ = load_generator(real_settings, fresh=True)
+        torch.manual_seed(1)
+        peft_model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=[module],
+                                                      task_type="CAUSAL_LM"))
+        with torch.no_grad():
+            for name, param in peft_model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.01)
+        peft_model.save_pretrained(str(tmp_path / module))
+        with torch.no_grad():
+            hf_delta = peft_model.eval()(torch.tensor([ids])).logits[0, -1].float().numpy() - hf_base
+        f16_engine.load_adapter(module, tmp_path / module)
+        cpp_delta = f16_engine.prompt_logits(ids, module) - cpp_base
+        ratio = float(np.linalg.norm(cpp_delta) / np.linalg.norm(hf_delta))
+        corr = float(np.corrcoef(hf_delta, cpp_delta)[0, 1])
+        assert corr > 0.99 and 0.9 < ratio < 1.1, (module, corr, ratio)
+
+
 def test_an_adapters_refusal_gate_masks_its_unsure_refusal(engine: LlamaCppEngine, real_settings: Settings,
                                                             tmp_path: Path) -> None:
     """The adapter's recorded "refusal" is its own greedy answer: gated at 1.0 no token is sure enough and the
