@@ -15,11 +15,11 @@ import threading
 
 from common import emit
 
-from core.generation import generate
-from core.llamacpp_engine import EngineRequest, engine_from_settings
 from core.models import load_generator
 from core.prompt import ContextPassage, build_prompt, load_template
 from core.settings import SAMPLE_DIR, load_settings
+from inference.generation import generate
+from inference.llamacpp_engine import EngineRequest, engine_from_settings
 
 PASSAGES = [ContextPassage("ts-void-label", "Voiding a label", "Open the shipment in Parcelly and click Void label."),
             ContextPassage("billing-plans", "Plans", "Starter is free. Pro costs $29 per month.")]

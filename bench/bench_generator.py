@@ -21,11 +21,11 @@ from pathlib import Path
 from common import ROOT, emit, peak_rss_mb
 
 from core import artifacts
-from core.engine import GenerationEngine
 from core.settings import load_settings
 from eval import answer_metrics as am
 from eval.stats import bootstrap_ci, paired_test
 from eval.style import StyleRules, check_style
+from inference.engine import GenerationEngine
 from training.generator_recipe import train_generator
 
 

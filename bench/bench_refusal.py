@@ -33,9 +33,9 @@ def main() -> None:
     from core.jsonl import read_jsonl
     from core.models import load_generator
     from core.prompt import build_prompt, load_template
-    from core.refusal import REFUSAL_FILE, load_gate, shared_prefix
     from core.settings import load_settings
     from eval.runner import _artifact, _retriever, load_eval_set
+    from inference.refusal import REFUSAL_FILE, load_gate, shared_prefix
 
     settings = load_settings(data_dir=args.data_dir)
     adapter = _artifact(settings, "adapter", settings.eval.adapter)

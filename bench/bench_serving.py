@@ -225,7 +225,7 @@ def prefill_once(engine, ids: list[int], call: int) -> tuple[float, np.ndarray]:
 
 def prefill_calls(prompt: str) -> dict:
     """Prompt tokens/s per decode-call size, both weight files, and last-logit agreement with 8-token calls."""
-    from core.llamacpp_engine import engine_from_settings
+    from inference.llamacpp_engine import engine_from_settings
 
     out: dict = {}
     reference = None
@@ -252,7 +252,7 @@ def decode_steps(rows: tuple[int, ...] = (1, 8), cells: tuple[int, ...] = (50, 4
     """Why batching 8 streams gains little here: the time of one decode call with ``rows`` sequences while 8
     sequences of ``cells`` KV cells each sit in the context. Without flash attention (it asserts on
     multi-sequence batches in this wheel) every row attends over every used cell of every sequence."""
-    from core.llamacpp_engine import engine_from_settings
+    from inference.llamacpp_engine import engine_from_settings
 
     settings = weights_settings("q8_0")
     engine = engine_from_settings(settings.model_copy(update={"generation": settings.generation.model_copy(
@@ -281,7 +281,7 @@ def decode_steps(rows: tuple[int, ...] = (1, 8), cells: tuple[int, ...] = (50, 4
 def peer_llamacpp(prompt: str, max_tokens: int, weights: str) -> dict:
     """Raw llama.cpp (same wheel, same GGUF, same prompt tokens, the engine's call size): greedy batch-1
     decode, no server."""
-    from core.llamacpp_engine import engine_from_settings
+    from inference.llamacpp_engine import engine_from_settings
 
     engine = engine_from_settings(weights_settings(weights))
     try:

@@ -165,7 +165,7 @@ class GenerationSettings(BaseModel):
     )
     refusal_min_prob: float = Field(
         0.0, ge=0.0, le=1.0,
-        description="Refusal gate (core/refusal.py): an adapter starts and continues the refusal it was trained to "
+        description="Refusal gate (inference/refusal.py): an adapter starts and continues the refusal it was trained to "
         "give only when the model gives the refusal's next token at least this probability; otherwise that token is "
         "masked and the model answers. 0 (the default): the adapter's own greedy decision. 0.5: refusing must be "
         "more likely than all answers together; in three sample runs it cut false refusals by 74% and correct ones "
@@ -367,7 +367,8 @@ class EvalSettings(BaseModel):
     adapter: str = Field("active", description="Adapter for ft/combined: an id, 'active' or 'latest' (active, else latest).")
     embedder: str = Field("active", description="Fine-tuned embedder for combined: an id, 'active' or 'latest'.")
     verifier: str = Field("active", description="Verifier for the +verifier systems: an id, 'active' or 'latest'.")
-    batch_size: int = Field(8, gt=0, description="Prompts per generate call (decode is memory-bound on CPU).")
+    batch_size: int = Field(8, gt=0, description="Requests in flight to the serving backend (it batches them as it "
+                            "batches the server's traffic; decode is memory-bound on CPU).")
     max_new_tokens: int = Field(160, gt=0)
     retrieval_depth: int = Field(10, gt=0, description="Results retrieved for the retrieval metrics (top_k go to the prompt).")
     style_greeting: str = "Hi there!"

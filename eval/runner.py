@@ -10,8 +10,10 @@
 
 The two verifier systems run when a verifier artifact exists (``eval.verifier``) and no system list is given.
 
-All systems answer the same questions with the same decoding settings, one system at a time in padded
-batches. Answers are cached per system and question in ``<out>/answers/<system>.jsonl`` (keyed by the
+All systems answer through the backend the server uses (:func:`inference.loader.load_engine`: the same engine,
+weights, decoding, adapter loading and refusal gate as ``/v1/chat``; inside the server, its very backend
+object), ``eval.batch_size`` requests in flight, one system at a time; the report names the engine, the weights
+file and its hash, and the decoding settings. Answers are cached per system and question in ``<out>/answers/<system>.jsonl`` (keyed by the
 prompt's hash), so an interrupted run resumes where it stopped and a re-run only scores.
 """
 
@@ -29,7 +31,6 @@ from typing import Any, Literal
 import numpy as np
 
 from core import artifacts
-from core.engine import GenerationEngine
 from core.errors import InvalidInputError, NotFoundError
 from core.jsonl import read_jsonl
 from core.models import load_embedder, resolve_embedder, resolve_generator
@@ -38,6 +39,8 @@ from core.settings import Settings
 from eval import answer_metrics as am
 from eval.stats import bootstrap_ci, holm_adjust, paired_test
 from eval.style import StyleRules, check_style, is_refusal
+from inference.backends import GenerationBackend
+from inference.generation import Generation
 from retrieval.answerability import Verifier, pair_text
 from retrieval.embedding import embedder_fingerprint
 from retrieval.indexer import update_index
@@ -139,11 +142,50 @@ def _retriever(settings: Settings, location: str, root: Path) -> Retriever:
     return open_retriever(settings, private.paths.index_dir)
 
 
-def _prompt_hash(prompt: str, adapter: str | None, max_new_tokens: int, settings: Settings) -> str:
-    """The cache key of one answer: the prompt, the adapter and every decoding setting that changes the answer."""
+def _prompt_hash(prompt: str, adapter: str | None, max_new_tokens: int, settings: Settings,
+                 engine: str = "") -> str:
+    """The cache key of one answer: the prompt, the adapter, the engine and its weights, and every decoding
+    setting that changes the answer."""
     gen = settings.generation
     decoding = (gen.temperature, gen.top_p, gen.repetition_penalty, gen.repetition_penalty_scope, gen.refusal_min_prob)
-    return hashlib.sha256(f"{adapter}\x00{max_new_tokens}\x00{decoding}\x00{prompt}".encode()).hexdigest()[:16]
+    key = f"{adapter}\x00{max_new_tokens}\x00{decoding}\x00{engine}\x00{prompt}"
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+@dataclass
+class EvalEngine:
+    """The serving backend as evaluation uses it: ``call`` runs a coroutine function on the loop the backend
+    lives on (a blocking portal for the CLI, ``anyio.from_thread.run`` inside the server) and blocks for it."""
+
+    backend: GenerationBackend
+    tokenizer: Any
+    info: dict[str, Any]
+    call: Callable[[Callable[[], Any]], Any]
+    concurrency: int = 8
+
+    @property
+    def identity(self) -> str:
+        """What makes answers of this engine differ from another's (the answer cache key)."""
+        return f"{self.info.get('engine')}:{self.info.get('weights_sha256') or self.info.get('base_url')}"
+
+    def load_adapter(self, name: str, path: Path) -> None:
+        self.call(lambda: self.backend.load_adapter(name, path))
+
+    def generate(self, prompts: Sequence[str], adapter: str | None, max_new_tokens: int) -> list[Generation]:
+        """Answers for ``prompts`` in order, ``concurrency`` requests in flight (the backend batches them as it
+        batches the server's traffic)."""
+        import asyncio
+
+        async def answer_all() -> list[Generation]:
+            gate = asyncio.Semaphore(self.concurrency)
+
+            async def one(prompt: str) -> Generation:
+                async with gate:
+                    return await self.backend.generate(prompt, adapter, max_new_tokens, None)
+
+            return list(await asyncio.gather(*(one(p) for p in prompts)))
+
+        return self.call(answer_all)
 
 
 def _read_cache(path: Path) -> dict[str, dict[str, Any]]:
@@ -158,7 +200,7 @@ def _read_cache(path: Path) -> dict[str, dict[str, Any]]:
     return cache
 
 
-def generate_answers(run: SystemRun, items: Sequence[EvalItem], engine: GenerationEngine, retriever: Retriever | None,
+def generate_answers(run: SystemRun, items: Sequence[EvalItem], engine: EvalEngine, retriever: Retriever | None,
                      settings: Settings, cache_file: Path, progress: Progress | None = None,
                      verifier: Verifier | None = None) -> None:
     """Fill ``run.answers`` (in ``items`` order), generating only what the cache lacks. With ``verifier``, a
@@ -166,16 +208,21 @@ def generate_answers(run: SystemRun, items: Sequence[EvalItem], engine: Generati
     cfg = settings.eval
     template = load_template(settings)
     depth = max(cfg.retrieval_depth, settings.retrieval.top_k)
-    results = retriever.search_many([i.question for i in items], k=depth) if retriever else [None] * len(items)
+    # The context is retrieved exactly as /v1/chat retrieves it: one query at a time (a padded batch embeds each
+    # query slightly differently) and k = top_k (exact search breaks score ties by k); the deeper ranking feeds
+    # the retrieval metrics only.
+    top_k = settings.retrieval.top_k
+    contexts = [retriever.search(i.question, k=top_k) for i in items] if retriever else [None] * len(items)
+    results = ([retriever.search(i.question, k=depth) for i in items] if depth > top_k else contexts) if retriever \
+        else [None] * len(items)
     pending: list[tuple[int, str]] = []
     rows: list[dict[str, Any]] = []
     cache = _read_cache(cache_file)
-    for n, (item, found) in enumerate(zip(items, results, strict=True)):
-        context = found[: settings.retrieval.top_k] if found is not None else None
+    for n, (item, found, context) in enumerate(zip(items, results, contexts, strict=True)):
         passages = [r.to_passage() for r in context] if context is not None else None
         prompt = build_prompt(template, engine.tokenizer, item.question, passages, with_examples=run.spec.name == "prompt",
                               max_tokens=settings.generation.max_context_tokens)
-        key = _prompt_hash(prompt, run.adapter, cfg.max_new_tokens, settings)
+        key = _prompt_hash(prompt, run.adapter, cfg.max_new_tokens, settings, engine.identity)
         row = {"id": item.id, "prompt_hash": key,
                "context": [{"doc_id": p.doc_id, "title": p.title, "text": p.text} for p in passages or []],
                "ranking": doc_ranking(found) if found is not None else None, "answerability": None}
@@ -200,7 +247,7 @@ def generate_answers(run: SystemRun, items: Sequence[EvalItem], engine: Generati
                                                            desc=f"eval {run.spec.name}", unit="q") as bar:
         for start in range(0, len(pending), cfg.batch_size):
             batch = pending[start : start + cfg.batch_size]
-            outputs = engine.generate([p for _, p in batch], run.adapter, max_new_tokens=cfg.max_new_tokens)
+            outputs = engine.generate([p for _, p in batch], run.adapter, cfg.max_new_tokens)
             for (n, _), out in zip(batch, outputs, strict=True):
                 rows[n].update({"answer": out.text, "prompt_tokens": out.prompt_tokens,
                                 "completion_tokens": out.completion_tokens, "seconds": out.seconds / len(batch)})
@@ -302,6 +349,7 @@ class EvalPlan:
     tuned_embedder: artifacts.Artifact | None
     base_embedder: str
     verifier: artifacts.Artifact | None = None
+    engine_info: dict[str, Any] = field(default_factory=dict)  # what answered: inference.loader.LoadedEngine.info
 
 
 def plan_evaluation(settings: Settings, options: EvalOptions) -> EvalPlan:
@@ -343,10 +391,8 @@ def plan_evaluation(settings: Settings, options: EvalOptions) -> EvalPlan:
     return EvalPlan(items, eval_file, out, runs, adapter, tuned_embedder, resolve_embedder(settings).location, verifier)
 
 
-def generate_all(settings: Settings, plan: EvalPlan, on_progress: Progress | None = None) -> None:
-    """Answer every question with every runnable system (batched, resumable through the answer cache)."""
-    engine = GenerationEngine.from_settings(settings)
-    engine.config = engine.config.model_copy(update={"batch_size": settings.eval.batch_size})
+def generate_all(settings: Settings, plan: EvalPlan, engine: EvalEngine, on_progress: Progress | None = None) -> None:
+    """Answer every question with every runnable system (concurrently, resumable through the answer cache)."""
     adapter = plan.adapter
     if adapter is not None and any(r.status == "ok" and r.spec.uses_adapter for r in plan.runs.values()):
         engine.load_adapter(adapter.id, adapter.path / "adapter")
@@ -450,6 +496,7 @@ def assemble_report(settings: Settings, plan: EvalPlan, options: EvalOptions, pe
                  "eval_file_sha256": hashlib.sha256(plan.eval_file.read_bytes()).hexdigest(),
                  "questions": len(plan.items), "answerable": sum(i.answerable for i in plan.items),
                  "limit": options.limit},
+        "engine": plan.engine_info,
         "models": {"generator": generator.spec, "base_embedder": embedder_fingerprint(plan.base_embedder),
                    "adapter": adapter and {"id": adapter.id, "data_hash": adapter.manifest.get("data_hash")},
                    "finetuned_embedder": tuned_embedder and {"id": tuned_embedder.id,
@@ -465,8 +512,11 @@ def assemble_report(settings: Settings, plan: EvalPlan, options: EvalOptions, pe
 
 
 def run_evaluation(settings: Settings, options: EvalOptions | None = None, *,
-                   on_progress: Progress | None = None) -> dict[str, Any]:
+                   on_progress: Progress | None = None, engine: EvalEngine | None = None) -> dict[str, Any]:
     """Plan, generate, score, compare, assemble; write report.json / report.md / report.html.
+
+    ``engine``: the serving backend to answer with (the server passes its own); by default the one
+    :func:`inference.loader.load_engine` builds for these settings, on an event loop of its own, closed after.
 
     Returns the report dict. Systems whose artifacts are missing are listed with the reason (and the
     command that creates them) instead of being dropped silently.
@@ -476,7 +526,21 @@ def run_evaluation(settings: Settings, options: EvalOptions | None = None, *,
     began = time.perf_counter()
     options = options or EvalOptions()
     plan = plan_evaluation(settings, options)
-    generate_all(settings, plan, on_progress)
+    if engine is None:
+        from anyio.from_thread import start_blocking_portal
+
+        from inference.loader import load_engine
+
+        with start_blocking_portal() as portal:
+            loaded = load_engine(settings)
+            engine = EvalEngine(loaded.backend, loaded.tokenizer, loaded.info, portal.call, settings.eval.batch_size)
+            try:
+                generate_all(settings, plan, engine, on_progress)
+            finally:
+                portal.call(loaded.backend.close)
+    else:
+        generate_all(settings, plan, engine, on_progress)
+    plan.engine_info = engine.info
     per_system, scored_by_system = score_all(settings, plan)
     comparisons = compare_systems(settings, scored_by_system)
     report = assemble_report(settings, plan, options, per_system, scored_by_system, comparisons,

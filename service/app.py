@@ -7,7 +7,6 @@ a JSON body here, once.
 
 from __future__ import annotations
 
-import copy
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -26,8 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from core.errors import TuneragError
 from core.logs import configure_logging
 from core.settings import Settings, load_settings
+from inference.backends import GenerationBackend
+from inference.loader import LoadedEngine, decoding_info, load_engine
 from service.auth import rate_limit_identity
-from service.backends import GenerationBackend, LocalBackend, OpenAIBackend
 from service.chat import ChatService
 from service.db import alchemy_config
 from service.dependencies import DEPENDENCIES
@@ -82,40 +82,11 @@ def _unexpected(request: Request, exc: Exception) -> Response[dict[str, object]]
                      "request_id": request_id}, status_code=500)
 
 
-def make_backend(settings: Settings) -> tuple[GenerationBackend, object]:
-    """The configured generation backend and the generator's tokenizer (prompts are rendered locally)."""
-    if settings.server.generation_backend == "openai":
-        from transformers import AutoTokenizer
+def make_backend(settings: Settings) -> LoadedEngine:
+    """The configured generation backend, the tokenizer prompts are rendered with, and what it runs."""
+    from inference.backends import OCCUPANCY
 
-        from core.models import resolve_generator
-
-        if not settings.server.openai_base_url:
-            raise TuneragError("server.generation_backend=openai needs server.openai_base_url")
-        resolved = resolve_generator(settings)
-        tokenizer = AutoTokenizer.from_pretrained(resolved.location)
-        backend = OpenAIBackend(settings.server.openai_base_url, settings.server.openai_api_key,
-                                settings.models.generator, settings.generation, settings.server.openai_timeout_s)
-        return backend, tokenizer
-    from core.llamacpp_engine import engine_from_settings, select_engine
-
-    choice, reason = select_engine(settings)
-    logger.warning("generation engine: %s (%s)", choice, reason)
-    if choice == "llamacpp":
-        import torch
-
-        from service.backends import OCCUPANCY, ContinuousBackend
-
-        # llama.cpp's worker threads wait on each other at every layer: a torch op (query embedding) taking
-        # both cores at the same moment stalls the whole decode step, so torch gets one thread here.
-        torch.set_num_threads(1)
-        llama = engine_from_settings(settings, on_step=OCCUPANCY.observe)
-        return ContinuousBackend(llama, llama.tokenizer, settings.generation), llama.tokenizer
-    from core.engine import GenerationEngine
-
-    engine = GenerationEngine.from_settings(settings)
-    # The engine's worker thread changes its tokenizer's padding/truncation state per batch; a Rust tokenizer
-    # used meanwhile from the event loop fails with "Already borrowed", so the service renders with a copy.
-    return LocalBackend(engine, settings.generation), copy.deepcopy(engine.tokenizer)
+    return load_engine(settings, on_step=OCCUPANCY.observe)
 
 
 def create_app(settings: Settings | None = None, *, backend: GenerationBackend | None = None,
@@ -149,12 +120,13 @@ def create_app(settings: Settings | None = None, *, backend: GenerationBackend |
         else:
             logger.warning("no API keys configured: authentication is OFF (set server.api_keys)")
         if backend is not None:
-            active_backend, active_tokenizer = backend, tokenizer
+            loaded = LoadedEngine(backend, tokenizer, {"engine": backend.name, "decoding": decoding_info(settings)})
         else:
             import anyio
 
-            active_backend, active_tokenizer = await anyio.to_thread.run_sync(make_backend, settings)
-        state = ServiceState(settings, active_backend, active_tokenizer)
+            loaded = await anyio.to_thread.run_sync(make_backend, settings)
+        active_backend = loaded.backend
+        state = ServiceState(settings, active_backend, loaded.tokenizer, engine_info=loaded.info)
         await state.start()
         app.state.service_state = state
         app.state.chat_service = ChatService(state)

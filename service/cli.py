@@ -115,11 +115,11 @@ def models_prepare(ctx: typer.Context) -> None:
                       "prepare_s": round(prepared, 2), "load_s": round(loaded, 2)},
         "embedder": {"spec": embedder.spec, "path": embedder.location, "load_s": round(embedder_loaded, 2)},
     }
-    from core.llamacpp_engine import select_engine
+    from inference.loader import choose_engine
 
-    if select_engine(settings)[0] == "llamacpp":  # the serving engine's weights (re-quantized once, cached)
-        from core.llamacpp_weights import engine_weights
+    if choose_engine(settings)[0] == "llamacpp":  # the serving engine's weights (re-quantized once, cached)
         from core.models import generator_gguf_path
+        from inference.llamacpp_weights import engine_weights
 
         weights = engine_weights(settings, generator_gguf_path(settings))  # type: ignore[arg-type]
         report["llamacpp"] = {"weights": str(weights.path), "prompt_call_tokens": weights.max_call_tokens,
@@ -197,9 +197,8 @@ def ask(
     import asyncio
     from dataclasses import asdict
 
-    from core.engine import GenerationEngine
     from core.prompt import MODES
-    from service.backends import LocalBackend
+    from inference.loader import load_engine
     from service.chat import ChatService
     from service.state import ServiceState
 
@@ -208,9 +207,9 @@ def ask(
     settings = _settings(ctx)
 
     async def run():
-        engine = GenerationEngine.from_settings(settings)
-        backend = LocalBackend(engine, settings.generation, batching=False)
-        state = ServiceState(settings, backend, engine.tokenizer)
+        loaded = load_engine(settings)  # the server's engine, weights and decoding
+        backend = loaded.backend
+        state = ServiceState(settings, backend, loaded.tokenizer, engine_info=loaded.info)
         try:
             await state.start()
             return await ChatService(state).answer(question, mode=mode, max_new_tokens=max_new_tokens)

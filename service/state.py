@@ -16,11 +16,11 @@ import anyio
 from core import artifacts
 from core.errors import NotFoundError
 from core.settings import Settings
+from inference.backends import GenerationBackend
 from retrieval import index_store
 from retrieval.answerability import Verifier
 from retrieval.indexer import update_index
 from retrieval.search import Retriever, open_retriever
-from service.backends import GenerationBackend
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,8 @@ class ServiceState:
     # The answerability verifier gating generation in the retrieval modes (None: off).
     verifier: Verifier | None = None
     notes: list[str] = field(default_factory=list)
+    # What the backend runs (inference.loader.LoadedEngine.info): engine, weights and their hash, decoding.
+    engine_info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def index_version(self) -> str | None:

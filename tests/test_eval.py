@@ -176,7 +176,7 @@ def test_tiny_end_to_end_eval_writes_json_markdown_html_and_resumes(with_artifac
     assert "<script>alert(1)" not in html_report(hostile)
 
     # A second run answers from the cache: no generation at all, same numbers.
-    from core.engine import GenerationEngine
+    from inference.engine import GenerationEngine
 
     def no_generation(*args: object, **kwargs: object) -> None:
         raise AssertionError("cached answers must be reused")

@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import json
 
-from core.generation import generate
 from core.models import load_generator
 from core.prompt import load_template, render_prompt
 from core.settings import Settings
+from inference.generation import generate
 
 QUESTIONS = ["How do I reset my password?", "Can I pay by bank transfer?", "Which carriers?"]
 
@@ -39,7 +39,7 @@ def test_repetition_penalty_counts_the_answer_not_the_prompt() -> None:
     """Quoting the context and citing its [doc-id]s must cost nothing; repeating the answer still does."""
     import torch
 
-    from core.generation import AnswerRepetitionPenalty
+    from inference.generation import AnswerRepetitionPenalty
 
     prompt, answer = [5, 6, 7], [8]
     scores = torch.tensor([[0.0, 0, 0, 0, 0, 2.0, 2.0, -2.0, 2.0, -2.0]])
@@ -51,8 +51,8 @@ def test_repetition_penalty_counts_the_answer_not_the_prompt() -> None:
 
 
 def test_generate_applies_the_configured_penalty_scope(settings) -> None:
-    from core.generation import AnswerRepetitionPenalty, RefusalGateProcessor, _logits_processing
-    from core.refusal import RefusalGate
+    from inference.generation import AnswerRepetitionPenalty, RefusalGateProcessor, _logits_processing
+    from inference.refusal import RefusalGate
 
     kinds = lambda kw: [type(p) for p in kw["logits_processor"]]  # noqa: E731
     assert kinds(_logits_processing(settings.generation, 10, None)) == [AnswerRepetitionPenalty]
@@ -68,7 +68,7 @@ def test_generate_applies_the_configured_penalty_scope(settings) -> None:
 def test_refusal_gate_masks_an_unsure_refusal_token_only_on_the_refusal_path() -> None:
     import numpy as np
 
-    from core.refusal import RefusalGate
+    from inference.refusal import RefusalGate
 
     gate = RefusalGate((7, 3, 5), 0.5)
     logits = np.log(np.array([0.1, 0.1, 0.1, 0.4, 0.1, 0.1, 0.05, 0.05]))  # p(3) = 0.4
@@ -85,7 +85,7 @@ def test_refusal_gate_masks_an_unsure_refusal_token_only_on_the_refusal_path() -
 def test_generate_with_a_refusal_gate_masks_the_refusal_unless_the_model_is_sure(settings: Settings) -> None:
     """A gate whose "refusal" is the model's own greedy answer: at min_prob 1.0 no token is sure enough, so the
     first token changes; at a tiny min_prob every token passes and the answer is unchanged."""
-    from core.refusal import RefusalGate
+    from inference.refusal import RefusalGate
 
     model, tokenizer = load_generator(settings)
     prompt = render_prompt(tokenizer, load_template(settings).build_messages(QUESTIONS[0]))
@@ -102,7 +102,7 @@ def generate_ids(model, tokenizer, prompt: str, config) -> list[int]:
     """The greedy answer's token ids, decoded with the same logits processing as ``generate``."""
     import torch
 
-    from core.generation import _logits_processing
+    from inference.generation import _logits_processing
 
     enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
     with torch.inference_mode():
@@ -113,7 +113,7 @@ def generate_ids(model, tokenizer, prompt: str, config) -> list[int]:
 
 
 def test_the_gate_is_read_from_the_adapter_folder(settings: Settings, tmp_path, caplog) -> None:
-    from core.refusal import REFUSAL_FILE, load_gate, write_refusal
+    from inference.refusal import REFUSAL_FILE, load_gate, write_refusal
 
     _, tokenizer = load_generator(settings)
     refusal = "Hi there!\n\nI couldn't find that."

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from core import artifacts
-from core.engine import GenerationEngine
 from core.errors import ConfigError, InvalidInputError
 from core.models import load_generator
 from core.prompt import ContextPassage, build_prompt, load_template
-from core.refusal import REFUSAL_FILE
 from core.settings import SAMPLE_DIR, Settings
+from inference.engine import GenerationEngine
+from inference.refusal import REFUSAL_FILE
 from training.generator_data import (
     ChatExample,
     RaftConfig,

@@ -350,7 +350,7 @@ class ScriptedBackend:
         self.produced: list[int] = []
 
     async def generate(self, prompt, adapter, max_new_tokens, temperature):
-        from core.generation import Generation
+        from inference.generation import Generation
 
         return Generation(self.TEXT, 10, len(self.TEXT.split()), 0.0, "stop")
 

@@ -12,16 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from core.generation import Generation, generate
-from core.llamacpp_engine import (
+from core.prompt import ContextPassage, build_prompt, load_template
+from core.settings import Settings, load_settings
+from inference.generation import Generation, generate
+from inference.llamacpp_engine import (
     EngineRequest,
     GenerationCancelled,
     LlamaCppEngine,
     engine_from_settings,
     llamacpp_available,
 )
-from core.prompt import ContextPassage, build_prompt, load_template
-from core.settings import Settings, load_settings
 
 pytestmark = pytest.mark.slow
 
@@ -195,7 +195,7 @@ def test_an_adapters_refusal_gate_masks_its_unsure_refusal(engine: LlamaCppEngin
     answer changes at its first token; at a tiny threshold every token passes and the answer is the same."""
     import shutil
 
-    from core.refusal import write_refusal
+    from inference.refusal import write_refusal
 
     random_lora(real_settings, tmp_path / "plain")
     engine.load_adapter("plain", tmp_path / "plain")
@@ -282,7 +282,7 @@ def test_the_shared_system_prompt_is_prefilled_once(engine: LlamaCppEngine, real
 
 
 def test_continuous_backend_cancels_an_abandoned_stream(engine: LlamaCppEngine, real_settings: Settings) -> None:
-    from service.backends import ContinuousBackend
+    from inference.backends import ContinuousBackend
 
     backend = ContinuousBackend(engine, engine.tokenizer, real_settings.generation)
     prompt = prompts(real_settings, engine.tokenizer)[0]

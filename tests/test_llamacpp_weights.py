@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core import llamacpp_weights
-from core.llamacpp_weights import SMALL_CALL_TOKENS, engine_weights, gguf_file_type, requantized_path
 from core.models import generator_gguf_path
 from core.settings import Settings, load_settings
+from inference import llamacpp_weights
+from inference.llamacpp_weights import SMALL_CALL_TOKENS, engine_weights, gguf_file_type, requantized_path
 
 
 @pytest.fixture
@@ -64,7 +64,7 @@ def test_original_weights_setting_keeps_the_shipped_file(shipped: tuple[Settings
 @pytest.mark.slow
 def test_q8_0_copy_is_made_once_and_large_prompt_calls_agree_with_small_ones(
         shipped: tuple[Settings, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    from core.llamacpp_engine import llamacpp_available
+    from inference.llamacpp_engine import llamacpp_available
 
     if not llamacpp_available() or llamacpp_weights.quantize_binary() is None:
         if os.environ.get("CI"):
@@ -81,7 +81,7 @@ def test_q8_0_copy_is_made_once_and_large_prompt_calls_agree_with_small_ones(
     monkeypatch.setattr(subprocess, "run", no_subprocess)
     assert engine_weights(settings, source).path == weights.path
 
-    from core.llamacpp_engine import engine_from_settings
+    from inference.llamacpp_engine import engine_from_settings
 
     engine = engine_from_settings(settings.model_copy(update={"generation": settings.generation.model_copy(
         update={"max_running_requests": 1, "kv_cache_tokens": 2048})}))

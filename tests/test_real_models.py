@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.generation import generate
 from core.models import load_embedder, load_generator, resolve_generator
 from core.prompt import load_template, render_prompt
 from core.settings import load_settings
+from inference.generation import generate
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import pytest
 
 from core.settings import load_settings
 from eval.judge import Judge, parse_score
-from service.backends import BackendError, OpenAIBackend
+from inference.backends import BackendError, OpenAIBackend
 
 
 def fake_completions(request: httpx.Request) -> httpx.Response:
@@ -122,7 +122,7 @@ def test_a_remote_backend_that_is_down_or_silent_is_503_or_504_and_ready_says_so
 
 
 def test_a_failure_after_the_stream_started_becomes_a_last_error_item() -> None:
-    from service.backends import BackendUnavailableError
+    from inference.backends import BackendUnavailableError
     from service.chat import stream_errors
 
     async def pieces():

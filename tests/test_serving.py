@@ -16,10 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from core.engine import GenerationEngine
 from core.prompt import build_prompt, load_template
 from core.settings import Settings
-from service.backends import LocalBackend
+from inference.backends import LocalBackend
+from inference.engine import GenerationEngine
 
 
 def test_concurrent_requests_share_one_generate_call_per_adapter(settings: Settings) -> None:

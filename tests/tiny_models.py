@@ -27,8 +27,9 @@ def _corpus() -> list[str]:
     return texts
 
 
-def build_tiny_causal_lm(folder: Path, *, seed: int = 0) -> Path:
-    """Write a ~0.3M-parameter LlamaForCausalLM and its tokenizer to ``folder``."""
+def build_tiny_causal_lm(folder: Path, *, seed: int = 0, initializer_range: float = 0.02) -> Path:
+    """Write a ~0.3M-parameter LlamaForCausalLM and its tokenizer to ``folder``. At the default init its greedy
+    answers are newlines only; a wider ``initializer_range`` (e.g. 0.3) gives varied text that depends on the prompt."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -50,7 +51,7 @@ def build_tiny_causal_lm(folder: Path, *, seed: int = 0) -> Path:
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True, initializer_range=initializer_range,
     )
     model = LlamaForCausalLM(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id

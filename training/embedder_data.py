@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from core.errors import InvalidInputError
-from core.generation import generate
 from core.jsonl import read_jsonl
 from core.prompt import render_prompt
 from core.settings import GenerationSettings
+from inference.generation import generate
 from retrieval.documents import Chunk, content_hash
 
 if TYPE_CHECKING:

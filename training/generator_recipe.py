@@ -28,8 +28,8 @@ from core.errors import ConfigError, InvalidInputError, NotFoundError
 from core.jsonl import read_jsonl
 from core.models import load_generator, resolve_device, resolve_generator
 from core.prompt import ContextPassage, build_prompt, escape_control_tokens, load_template
-from core.refusal import REFUSAL_FILE, write_refusal
 from core.settings import GeneratorTrainingSettings, Settings
+from inference.refusal import REFUSAL_FILE, write_refusal
 from retrieval import index_store
 from retrieval.indexer import update_index
 from retrieval.search import Retriever, open_retriever

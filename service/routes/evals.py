@@ -32,14 +32,20 @@ class EvalController(Controller):
     @post("/", summary="Start a prompt-only vs RAG vs FT vs combined evaluation job.", status_code=202,
           return_dto=JobDTO)
     async def start(self, data: EvalRequest, service_state: NamedDependency[ServiceState], job_runner: NamedDependency[JobRunner]) -> Job:
-        from eval.runner import EvalOptions, run_evaluation
+        import anyio.from_thread
+
+        from eval.runner import EvalEngine, EvalOptions, run_evaluation
 
         settings = service_state.settings
+        # The server's own backend answers the evaluation (from the job's worker thread, on the server's loop):
+        # the report describes what /v1/chat answers, and no second model is loaded.
+        engine = EvalEngine(service_state.backend, service_state.tokenizer, service_state.engine_info,
+                            anyio.from_thread.run, settings.eval.batch_size)
 
         def work(job_id: uuid.UUID, progress) -> dict[str, Any]:
             out = _report_dir(service_state, job_id)
             options = EvalOptions(limit=data.limit, systems=tuple(data.systems) if data.systems else None, out_dir=out)
-            report = run_evaluation(settings, options, on_progress=progress)
+            report = run_evaluation(settings, options, on_progress=progress, engine=engine)
             return {"report_dir": str(out), "headline": report["headline"]}
 
         return await job_runner.submit("eval", {"limit": data.limit, "systems": data.systems}, work, lane="eval")

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from core.refusal import RefusalGate
 from core.settings import GenerationSettings
+from inference.refusal import RefusalGate
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -49,7 +49,7 @@ def _logits_processing(config: GenerationSettings, prompt_length: int,
 
 
 class RefusalGateProcessor:
-    """:class:`core.refusal.RefusalGate` as a transformers logits processor (rows whose answer so far is a
+    """:class:`inference.refusal.RefusalGate` as a transformers logits processor (rows whose answer so far is a
     prefix of the refusal; answers start at ``prompt_length`` in every left-padded row)."""
 
     def __init__(self, gate: RefusalGate, prompt_length: int) -> None:
@@ -102,7 +102,7 @@ def generate(
     Prompts longer than ``config.max_context_tokens`` keep their last tokens (the question sits at the end).
     A ``streamer`` (transformers ``TextIteratorStreamer``) receives tokens as they are decoded; use it with
     a single prompt. Setting ``stop`` ends the decoding after the current step (a cancelled request).
-    ``refusal_gate`` (the selected adapter's, :mod:`core.refusal`) masks an unsure refusal.
+    ``refusal_gate`` (the selected adapter's, :mod:`inference.refusal`) masks an unsure refusal.
     Returns one :class:`Generation` per prompt, in order.
     """
     import torch

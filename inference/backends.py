@@ -23,11 +23,11 @@ from typing import Any, Protocol
 import anyio
 from prometheus_client import Counter, Gauge, Histogram
 
-from core.engine import GenerationEngine
 from core.errors import NotFoundError, TuneragError
-from core.generation import Generation
-from core.llamacpp_engine import EngineRequest, LlamaCppEngine
 from core.settings import GenerationSettings
+from inference.engine import GenerationEngine
+from inference.generation import Generation
+from inference.llamacpp_engine import EngineRequest, LlamaCppEngine
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ small prefill context where one prompt at a time is decoded next to the cached s
   * frees the slots of cancelled requests, and starts prefilling the oldest waiting request when a slot and
     KV-cache room are free (room for prompt + answer is reserved up front, so a decode never runs out);
   * decodes the next chunk of the prompt being prefilled (``generation.prefill_chunk_tokens`` per call, 31 on
-    Q4_0/Q4_1 files: :mod:`core.llamacpp_weights`); when it is complete, its first token is sampled and its
+    Q4_0/Q4_1 files: :mod:`inference.llamacpp_weights`); when it is complete, its first token is sampled and its
     KV moves into the decode context (``llama_state_seq_get/set_data``), where it joins this step's decode;
   * for each adapter that has running sequences (adapters are applied per context, so rows of different
     adapters cannot share one ``llama_decode``): sets the adapter and decodes every such sequence's next token;
@@ -37,15 +37,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from core.errors import ConfigError, InvalidInputError, ModelNotFoundError, NotFoundError, TuneragError
-from core.generation import Generation
-from core.refusal import RefusalGate, load_gate
+from inference.generation import Generation
+from inference.refusal import RefusalGate, load_gate
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from core.gguf_lora import LoraShapes
-
     from core.settings import Settings
+    from inference.gguf_lora import LoraShapes
 
 logger = logging.getLogger(__name__)
 
@@ -63,38 +62,13 @@ def llamacpp_available() -> bool:
     return True
 
 
-def select_engine(settings: Settings) -> tuple[str, str]:
-    """``("llamacpp" | "transformers", reason)`` for ``generation.engine`` (``auto`` decides by what is here).
-
-    Raises:
-        ConfigError: ``llamacpp`` was asked for but cannot run (no wheel, no GGUF generator, not on CPU).
-    """
-    from core.models import generator_gguf_path, resolve_device
-
-    choice = settings.generation.engine
-    if choice == "transformers":
-        return "transformers", "generation.engine=transformers"
-    problems = []
-    if not llamacpp_available():
-        problems.append("the ik-llama-cpp-python wheel is not installed (make setup installs it)")
-    if resolve_device(settings) != "cpu":
-        problems.append("the device is not the CPU (the wheel is a CPU build)")
-    if generator_gguf_path(settings) is None:
-        problems.append(f"the generator {settings.models.generator!r} is not a GGUF model")
-    if not problems:
-        return "llamacpp", "llama.cpp with continuous batching"
-    if choice == "llamacpp":
-        raise ConfigError("generation.engine=llamacpp cannot run: " + "; ".join(problems))
-    return "transformers", "; ".join(problems)
-
-
 def engine_from_settings(settings: Settings, on_step: Callable[[int], None] | None = None) -> LlamaCppEngine:
     """The llama.cpp engine on the settings' GGUF generator, with its HF tokenizer (one prompt path)."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from core.gguf_lora import LoraShapes
-    from core.llamacpp_weights import engine_weights
     from core.models import generator_gguf_path, resolve_generator
+    from inference.gguf_lora import LoraShapes
+    from inference.llamacpp_weights import engine_weights
 
     resolved = resolve_generator(settings)  # the converted folder: tokenizer, chat template and head counts
     tokenizer = AutoTokenizer.from_pretrained(resolved.location)
@@ -206,8 +180,8 @@ class LlamaCppEngine:
         max_batch: sequence slots decoded together.
         kv_tokens: KV-cache cells shared by all sequences (prompt + answer of every running request).
         n_threads: CPU threads for llama.cpp (default: all cores).
-        max_call_tokens: prompt tokens per decode call (:mod:`core.llamacpp_weights` says what the weights allow).
-        refusal_min_prob: the refusal gate of adapters that record their refusal (:mod:`core.refusal`; 0: off).
+        max_call_tokens: prompt tokens per decode call (:mod:`inference.llamacpp_weights` says what the weights allow).
+        refusal_min_prob: the refusal gate of adapters that record their refusal (:mod:`inference.refusal`; 0: off).
         on_step: called after every decode with the number of sequences in it (metrics).
     """
 
@@ -231,7 +205,7 @@ class LlamaCppEngine:
             raise ValueError(f"max_batch must be in 1..{MAX_RUNNING}, got {max_batch}")
         if not 0 < max_call_tokens <= MAX_CALL_TOKENS:
             raise ValueError(f"max_call_tokens must be in 1..{MAX_CALL_TOKENS}, got {max_call_tokens}")
-        self.max_call_tokens, self.gguf_name = max_call_tokens, gguf_path.name
+        self.max_call_tokens, self.gguf_path, self.gguf_name = max_call_tokens, gguf_path, gguf_path.name
         threads = n_threads or os.cpu_count() or 1
         # Decode context: every running sequence. Prefill context: one prompt at a time next to the cached
         # prefixes. Without flash attention (which this build refuses with LoRA, and which asserts on
@@ -290,7 +264,7 @@ class LlamaCppEngine:
 
     def load_adapter(self, name: str, peft_dir: Path | str) -> None:
         """Export (once) the peft adapter to GGUF and load it; runs on the engine thread between steps."""
-        from core.gguf_lora import adapter_rank, export_lora_gguf
+        from inference.gguf_lora import adapter_rank, export_lora_gguf
 
         folder = str(peft_dir)
         if self._adapters.get(name, ("", 0))[0] == folder:

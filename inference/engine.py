@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from core.errors import NotFoundError
-from core.generation import Generation, generate
 from core.models import load_generator
-from core.refusal import RefusalGate, load_gate
 from core.settings import GenerationSettings, Settings
+from inference.generation import Generation, generate
+from inference.refusal import RefusalGate, load_gate
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
