@@ -22,6 +22,8 @@ $(STAMP): pyproject.toml
 	# The serving engine: prebuilt CPU llama.cpp (ik_llama.cpp fork, manylinux_2_28 wheel, needs only numpy).
 	# Optional: without it the server decodes with transformers.
 	$(BIN)/pip install -q --no-deps "ik-llama-cpp-python==0.1.5" || echo "ik-llama-cpp-python unavailable: serving falls back to transformers"
+	# llama.cpp's own server (in-process, no compile): the remote backend's tests and the serving benchmark's peer.
+	$(BIN)/pip install -q --no-deps "xllamacpp==2026.10.11549" || echo "xllamacpp unavailable: its tests are skipped"
 	@touch $(STAMP)
 
 ## prepare: convert the generator once, build the sample index

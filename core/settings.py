@@ -424,6 +424,11 @@ class ServerSettings(BaseModel):
     openai_base_url: str | None = None
     openai_api_key: str | None = None
     openai_timeout_s: float = Field(120.0, gt=0, description="How long a remote generation may take before a 504.")
+    openai_dialect: Literal["vllm", "llamacpp"] = Field(
+        "vllm", description="How the remote server is told the adapter and the repetition penalty. vllm: the adapter "
+        "is the request's model name (vllm serve --lora-modules NAME=PATH), repetition_penalty; llamacpp (llama.cpp's "
+        "server, xllamacpp): a per-request lora list by the ids of GET /lora-adapters, matched by the exported "
+        "adapter.gguf's path (start it with --lora PATH/adapter.gguf --lora-init-without-apply), repeat_penalty.")
 
 
 class Settings(BaseSettings):

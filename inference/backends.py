@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import anyio
 from prometheus_client import Counter, Gauge, Histogram
 
-from core.errors import NotFoundError, TuneragError
+from core.errors import NotFoundError, TuneragError, UnsupportedRequestError
 from core.settings import GenerationSettings
 from inference.engine import GenerationEngine
 from inference.generation import Generation
@@ -79,17 +79,26 @@ def _remote_errors(base_url: str):
 
 class GenerationBackend(Protocol):
     name: str  # "llamacpp", "transformers" or "openai": reported by /ready
+    # Whether ``constraint`` (a JSON schema the answer must match: OpenAI's response_format) can be honoured.
+    constrains_output: bool
+
     async def generate(self, prompt: str, adapter: str | None, max_new_tokens: int | None,
-                       temperature: float | None) -> Generation: ...
+                       temperature: float | None, *, constraint: dict | None = None) -> Generation: ...
 
     def stream(self, prompt: str, adapter: str | None, max_new_tokens: int | None,
-               temperature: float | None) -> AsyncIterator[str]: ...
+               temperature: float | None, *, constraint: dict | None = None) -> AsyncIterator[str]: ...
 
     async def load_adapter(self, name: str, path: Path) -> None: ...
 
     def loaded_adapters(self) -> list[str]: ...
 
     async def close(self) -> None: ...
+
+
+def _no_constraint(engine: str, constraint: dict | None) -> None:
+    if constraint is not None:
+        raise UnsupportedRequestError(f"response_format needs an engine that constrains output; the {engine} engine "
+                                      "does not: set server.generation_backend=openai with llama.cpp's server or vLLM")
 
 
 @dataclass
@@ -109,6 +118,7 @@ class LocalBackend:
     """
 
     name = "transformers"
+    constrains_output = False
 
     def __init__(self, engine: GenerationEngine, config: GenerationSettings, *, batching: bool = True) -> None:
         self.engine, self.config, self.batching = engine, config, batching
@@ -122,7 +132,8 @@ class LocalBackend:
         return self._queue
 
     async def generate(self, prompt: str, adapter: str | None, max_new_tokens: int | None,
-                       temperature: float | None) -> Generation:
+                       temperature: float | None, *, constraint: dict | None = None) -> Generation:
+        _no_constraint(self.name, constraint)
         if adapter is not None and adapter not in self.engine.adapters:
             raise NotFoundError(f"adapter {adapter!r} is not loaded")
         future: asyncio.Future[Generation] = asyncio.get_running_loop().create_future()
@@ -170,7 +181,8 @@ class LocalBackend:
                         item.future.set_result(result)
 
     async def stream(self, prompt: str, adapter: str | None, max_new_tokens: int | None,
-                     temperature: float | None) -> AsyncIterator[str]:
+                     temperature: float | None, *, constraint: dict | None = None) -> AsyncIterator[str]:
+        _no_constraint(self.name, constraint)
         if adapter is not None and adapter not in self.engine.adapters:
             raise NotFoundError(f"adapter {adapter!r} is not loaded")
         send, receive = anyio.create_memory_object_stream[str | None](max_buffer_size=1024)
@@ -214,6 +226,7 @@ class ContinuousBackend:
     """
 
     name = "llamacpp"
+    constrains_output = False
 
     def __init__(self, engine: LlamaCppEngine, tokenizer: Any, config: GenerationSettings) -> None:
         self.engine, self.tokenizer, self.config = engine, tokenizer, config
@@ -263,14 +276,16 @@ class ContinuousBackend:
                 CANCELLED.inc()
 
     async def generate(self, prompt: str, adapter: str | None, max_new_tokens: int | None,
-                       temperature: float | None) -> Generation:
+                       temperature: float | None, *, constraint: dict | None = None) -> Generation:
+        _no_constraint(self.name, constraint)
         async for kind, payload in self._events(prompt, adapter, max_new_tokens, temperature):
             if kind == "done":
                 return payload
         raise BackendError("generation ended without a result")
 
     async def stream(self, prompt: str, adapter: str | None, max_new_tokens: int | None,
-                     temperature: float | None) -> AsyncIterator[str]:
+                     temperature: float | None, *, constraint: dict | None = None) -> AsyncIterator[str]:
+        _no_constraint(self.name, constraint)
         async for kind, payload in self._events(prompt, adapter, max_new_tokens, temperature):
             if kind == "text":
                 yield payload
@@ -286,31 +301,54 @@ class ContinuousBackend:
 
 
 class OpenAIBackend:
-    """An OpenAI-compatible ``/v1/completions`` server; ``adapter`` (or ``base_model``) is the model name."""
+    """An OpenAI-compatible ``/v1/completions`` server (vLLM, llama.cpp's server), prompts rendered here.
+
+    ``dialect`` says how a request names its adapter (:class:`core.settings.ServerSettings.openai_dialect`):
+    ``vllm`` by model name; ``llamacpp`` by a per-request ``lora`` list (the chosen adapter at scale 1, the
+    others 0), the ids read from the server's ``GET /lora-adapters`` when the adapter is loaded.
+    """
 
     name = "openai"
+    constrains_output = True  # llama.cpp's server (grammars) and vLLM (guided decoding) both constrain
 
     def __init__(self, base_url: str, api_key: str | None, base_model: str, config: GenerationSettings,
-                 timeout_s: float = 120.0) -> None:
+                 timeout_s: float = 120.0, dialect: str = "vllm", lora_shapes: Any = None) -> None:
         import httpx
 
         self.base_model, self.config, self.base_url = base_model, config, base_url.rstrip("/")
+        self.dialect, self.lora_shapes = dialect, lora_shapes
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s)
         self._adapters: set[str] = set()
+        self._lora_ids: dict[str, int] = {}  # llamacpp dialect: adapter name -> the server's LoRA id
+        self._server_loras: list[int] = []
 
     def _payload(self, prompt: str, adapter: str | None, max_new_tokens: int | None, temperature: float | None,
-                 stream: bool) -> dict:
-        return {"model": adapter or self.base_model, "prompt": prompt, "stream": stream,
-                "max_tokens": max_new_tokens or self.config.max_new_tokens,
-                "temperature": self.config.temperature if temperature is None else temperature}
+                 stream: bool, constraint: dict | None = None) -> dict:
+        if adapter is not None and adapter not in self._adapters:
+            raise NotFoundError(f"adapter {adapter!r} is not loaded")
+        payload: dict[str, Any] = {"prompt": prompt, "stream": stream, "top_p": self.config.top_p,
+                                   "max_tokens": max_new_tokens or self.config.max_new_tokens,
+                                   "temperature": self.config.temperature if temperature is None else temperature}
+        if self.dialect == "llamacpp":
+            chosen = self._lora_ids.get(adapter) if adapter is not None else None
+            payload |= {"model": self.base_model, "repeat_penalty": self.config.repetition_penalty,
+                        "cache_prompt": True,
+                        "lora": [{"id": i, "scale": 1.0 if i == chosen else 0.0} for i in self._server_loras]}
+            if constraint is not None:  # llama.cpp's server turns a JSON schema into a grammar
+                payload["json_schema"] = constraint
+        else:
+            payload |= {"model": adapter or self.base_model, "repetition_penalty": self.config.repetition_penalty}
+            if constraint is not None:
+                payload["response_format"] = {"type": "json_schema", "json_schema": {"name": "answer", "schema": constraint}}
+        return payload
 
     async def generate(self, prompt: str, adapter: str | None, max_new_tokens: int | None,
-                       temperature: float | None) -> Generation:
+                       temperature: float | None, *, constraint: dict | None = None) -> Generation:
         began = time.perf_counter()
         with _remote_errors(self.base_url):
-            response = await self._client.post("/v1/completions",
-                                               json=self._payload(prompt, adapter, max_new_tokens, temperature, False))
+            response = await self._client.post("/v1/completions", json=self._payload(
+                prompt, adapter, max_new_tokens, temperature, False, constraint))
         if response.status_code >= 400:
             raise BackendError(f"generation backend answered {response.status_code}: {response.text[:200]}")
         body = response.json()
@@ -321,8 +359,8 @@ class OpenAIBackend:
                           choice.get("finish_reason") or "stop")
 
     async def stream(self, prompt: str, adapter: str | None, max_new_tokens: int | None,
-                     temperature: float | None) -> AsyncIterator[str]:
-        payload = self._payload(prompt, adapter, max_new_tokens, temperature, True)
+                     temperature: float | None, *, constraint: dict | None = None) -> AsyncIterator[str]:
+        payload = self._payload(prompt, adapter, max_new_tokens, temperature, True, constraint)
         with _remote_errors(self.base_url):
             async with self._client.stream("POST", "/v1/completions", json=payload) as response:
                 if response.status_code >= 400:
@@ -341,7 +379,31 @@ class OpenAIBackend:
         return None if response.status_code < 400 else f"the generation backend answered {response.status_code}"
 
     async def load_adapter(self, name: str, path: Path) -> None:
-        # The remote server loads adapters itself (vLLM: --lora-modules name=path); we only record the name.
+        """vllm: the server loads adapters itself (``--lora-modules name=path``), the name is recorded.
+        llamacpp: the adapter is exported to GGUF next to it (a shared filesystem, or copy it over) and found by
+        that path in the server's ``GET /lora-adapters``.
+
+        Raises:
+            BackendError: the llama.cpp server does not hold this adapter (the message says how to start it).
+        """
+        if self.dialect == "llamacpp":
+            from inference.gguf_lora import export_lora_gguf
+
+            if self.lora_shapes is None:
+                raise BackendError("the llamacpp dialect needs the generator's shapes to export LoRAs")
+            exported = (await anyio.to_thread.run_sync(export_lora_gguf, Path(path), self.lora_shapes)).resolve()
+            with _remote_errors(self.base_url):
+                response = await self._client.get("/lora-adapters", timeout=10)
+            if response.status_code >= 400:
+                raise BackendError(f"GET /lora-adapters answered {response.status_code}: {response.text[:200]}")
+            loras = response.json()
+            self._server_loras = [int(entry["id"]) for entry in loras]
+            match = [int(e["id"]) for e in loras if Path(e.get("path", "")).resolve() == exported]
+            if not match:
+                raise BackendError(f"the llama.cpp server at {self.base_url} has no LoRA {exported}; start it with "
+                                   f"--lora {exported} --lora-init-without-apply (it holds: "
+                                   f"{[e.get('path') for e in loras] or 'none'})")
+            self._lora_ids[name] = match[0]
         self._adapters.add(name)
 
     def loaded_adapters(self) -> list[str]:

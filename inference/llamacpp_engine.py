@@ -51,6 +51,8 @@ logger = logging.getLogger(__name__)
 MIN_PREFIX_TOKENS = 32  # shorter shared prefixes are cheaper to re-prefill than to manage
 MAX_RUNNING = 31  # running sequences decoded in one call: under the GEMM switch of every weight type
 MAX_CALL_TOKENS = 512  # the contexts' n_batch: the most tokens one llama_decode call can carry
+# ik_llama.cpp's fused ffn_up/ffn_gate op ignores LoRAs on both (see _context). True only to measure the bug.
+FUSE_UP_GATE = False
 
 
 def llamacpp_available() -> bool:
@@ -349,7 +351,7 @@ class LlamaCppEngine:
         # ik_llama.cpp fuses ffn_up and ffn_gate into one op that ignores LoRA tensors on either: with it on, an
         # all-linear adapter's up/gate deltas are silently dropped (measured: logit change 0.0 for an up-only
         # LoRA; tests/test_llamacpp_engine.py checks every module). Off costs nothing measurable (bench/RESULTS.md).
-        cparams.fused_up_gate = False
+        cparams.fused_up_gate = FUSE_UP_GATE
         ctx = C.llama_init_from_model(self.model, cparams)
         if not ctx:
             raise TuneragError("llama.cpp could not create a context (out of memory for the KV cache?)")

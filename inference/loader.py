@@ -98,10 +98,18 @@ def load_engine(settings: Settings, *, on_step: Callable[[int], None] | None = N
 
         if not settings.server.openai_base_url:
             raise ConfigError("server.generation_backend=openai needs server.openai_base_url")
-        tokenizer = AutoTokenizer.from_pretrained(resolve_generator(settings).location)
+        from transformers import AutoConfig
+
+        from inference.gguf_lora import LoraShapes
+
+        location = resolve_generator(settings).location
+        tokenizer = AutoTokenizer.from_pretrained(location)
+        shapes = LoraShapes.from_config(AutoConfig.from_pretrained(location))
         backend = OpenAIBackend(settings.server.openai_base_url, settings.server.openai_api_key,
-                                settings.models.generator, settings.generation, settings.server.openai_timeout_s)
-        info = {"engine": "openai", "base_url": settings.server.openai_base_url, "model": settings.models.generator}
+                                settings.models.generator, settings.generation, settings.server.openai_timeout_s,
+                                settings.server.openai_dialect, shapes)
+        info = {"engine": "openai", "dialect": settings.server.openai_dialect,
+                "base_url": settings.server.openai_base_url, "model": settings.models.generator}
         return LoadedEngine(backend, tokenizer, info | {"decoding": decoding_info(settings)})
     choice, reason = choose_engine(settings)
     logger.warning("generation engine: %s (%s)", choice, reason)

@@ -196,11 +196,11 @@ class ChatService:
                      top_k: int | None = None, filters: dict[str, Any] | None = None, *,
                      adapter: str | None = None, max_new_tokens: int | None = None,
                      temperature: float | None = None, stop: Sequence[str] = (),
-                     instructions: str | None = None) -> Answer:
+                     instructions: str | None = None, constraint: dict | None = None) -> Answer:
         if stop:  # the stream stops the generation at the stop sequence, on every backend
             _, pieces = await self.stream(question, history, mode, top_k, filters, adapter=adapter,
                                           max_new_tokens=max_new_tokens, temperature=temperature, stop=stop,
-                                          instructions=instructions)
+                                          instructions=instructions, constraint=constraint)
             async with aclosing(pieces):
                 async for piece in pieces:
                     if isinstance(piece, Answer):
@@ -211,7 +211,8 @@ class ChatService:
         if ready.refuses:
             return self._refusal(ready, began)
         gen_began = time.perf_counter()
-        out = await self.state.backend.generate(ready.prompt, ready.plan.adapter, max_new_tokens, temperature)
+        out = await self.state.backend.generate(ready.prompt, ready.plan.adapter, max_new_tokens, temperature,
+                                                **({"constraint": constraint} if constraint is not None else {}))
         generation_ms = (time.perf_counter() - gen_began) * 1000
         return self._answer(ready, out.text, out.prompt_tokens, out.completion_tokens,
                             {**ready.timings, "generation": generation_ms, "total": (time.perf_counter() - began) * 1000},
@@ -221,7 +222,8 @@ class ChatService:
                      top_k: int | None = None, filters: dict[str, Any] | None = None, *,
                      adapter: str | None = None, max_new_tokens: int | None = None,
                      temperature: float | None = None, stop: Sequence[str] = (),
-                     instructions: str | None = None) -> tuple[Plan, AsyncIterator[str | Answer]]:
+                     instructions: str | None = None, constraint: dict | None = None,
+                     ) -> tuple[Plan, AsyncIterator[str | Answer]]:
         """Plan and retrieve now (so errors surface before streaming starts); yield text pieces, then the Answer.
 
         With ``stop``, the answer ends before the first stop sequence and the generation is cancelled there.
@@ -240,7 +242,8 @@ class ChatService:
             first_token_ms = None
             gen_began = time.perf_counter()
             scanner = StopScanner(stop)
-            generated = self.state.backend.stream(prompt, p.adapter, max_new_tokens, temperature)
+            generated = self.state.backend.stream(prompt, p.adapter, max_new_tokens, temperature,
+                                                  **({"constraint": constraint} if constraint is not None else {}))
             async with aclosing(generated):  # leaving early (a stop) cancels the generation now
                 async for raw in generated:
                     piece = scanner.feed(raw)

@@ -90,6 +90,21 @@ class OpenAIMessage(Struct):
 StopSequence = Annotated[str, Meta(max_length=200)]
 
 
+class JsonSchemaFormat(Struct):
+    """OpenAI's ``response_format.json_schema``: a name and the JSON schema the answer must match."""
+
+    schema: dict[str, Any]
+    name: str = "answer"
+    strict: bool | None = None
+
+
+class ResponseFormat(Struct):
+    """OpenAI's ``response_format``: ``text`` (default), ``json_object`` or ``json_schema``."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
 class ChatCompletionRequest(Struct):
     """OpenAI's request body; fields tunerag does not know are accepted and ignored, as OpenAI servers do.
 
@@ -106,6 +121,7 @@ class ChatCompletionRequest(Struct):
     temperature: Temperature | None = None
     retrieval: bool = True
     top_k: TopK | None = None
+    response_format: ResponseFormat | None = None
 
 
 # --- documents, jobs, artifacts ---------------------------------------------------------------------------

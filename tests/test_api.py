@@ -334,3 +334,16 @@ def test_eval_job_then_json_and_html_report(client: TestClient, api_settings: Se
     assert bad.status_code == 400
     not_eval = client.post("/v1/index/refresh", headers=H_ADMIN).json()["id"]
     assert client.get(f"/v1/evals/{not_eval}", headers=H_ADMIN).status_code == 404
+
+
+def test_response_format_is_refused_with_the_setting_where_the_engine_cannot_constrain(client: TestClient) -> None:
+    base = {"messages": [{"role": "user", "content": "How do I void a label?"}], "max_tokens": 4}
+    assert client.post("/v1/chat/completions", json=base | {"response_format": {"type": "text"}},
+                       headers=H_CHAT).status_code == 200
+    for fmt in ({"type": "json_object"}, {"type": "json_schema", "json_schema": {"schema": {"type": "object"}}}):
+        r = client.post("/v1/chat/completions", json=base | {"response_format": fmt}, headers=H_CHAT)
+        assert r.status_code == 400 and "server.generation_backend" in r.json()["detail"], r.text
+    r = client.post("/v1/chat/completions", json=base | {"response_format": {"type": "json_schema"}}, headers=H_CHAT)
+    assert r.status_code == 422 and "json_schema.schema" in r.json()["detail"], r.text
+    r = client.post("/v1/chat/completions", json=base | {"response_format": {"type": "yaml"}}, headers=H_CHAT)
+    assert r.status_code == 400, r.text

@@ -8,6 +8,7 @@ import json
 import httpx
 import pytest
 
+from core.errors import NotFoundError
 from core.settings import load_settings
 from eval.judge import Judge, parse_score
 from inference.backends import BackendError, OpenAIBackend
@@ -37,10 +38,13 @@ def test_openai_backend_generates_streams_and_names_adapters_as_models() -> None
         remote = backend()
         result = await remote.generate("<prompt>", None, 5, None)
         assert (result.text, result.prompt_tokens, result.completion_tokens) == ("answer from base-model", 12, 3)
+        with pytest.raises(NotFoundError, match="not loaded"):
+            await remote.generate("<prompt>", "adapter-x", 5, 0.0)
+        await remote.load_adapter("adapter-x", None)  # type: ignore[arg-type]
+        await remote.load_adapter("broken", None)  # type: ignore[arg-type]
         assert (await remote.generate("<prompt>", "adapter-x", 5, 0.0)).text == "answer from adapter-x"
         assert [p async for p in remote.stream("<prompt>", None, 5, None)] == ["Hi ", "there!"]
-        await remote.load_adapter("adapter-x", None)  # type: ignore[arg-type]
-        assert remote.loaded_adapters() == ["adapter-x"]
+        assert remote.loaded_adapters() == ["adapter-x", "broken"]
         with pytest.raises(BackendError, match="answered 500"):
             await remote.generate("<prompt>", "broken", 5, None)
         await remote.close()

@@ -49,6 +49,25 @@ async def resolve_model(state: ServiceState, model: str) -> str | None:
     return artifact.id
 
 
+def response_constraint(data: ChatCompletionRequest, backend: Any) -> dict[str, Any] | None:
+    """The JSON schema ``response_format`` asks the answer to match (None: free text).
+
+    Raises:
+        InvalidInputError: ``json_schema`` without a schema.
+        UnsupportedRequestError: the serving engine cannot constrain its output (400 naming the setting).
+    """
+    fmt = data.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_schema" and fmt.json_schema is None:
+        raise InvalidInputError("response_format.type json_schema needs response_format.json_schema.schema")
+    if not getattr(backend, "constrains_output", False):
+        raise UnsupportedRequestError(
+            f"response_format {fmt.type} needs an engine that constrains output; this server's {backend.name} engine "
+            "does not: set server.generation_backend=openai with llama.cpp's server or vLLM")
+    return {"type": "object"} if fmt.type == "json_object" else fmt.json_schema.schema  # type: ignore[union-attr]
+
+
 def check_size(messages: list[OpenAIMessage], limits: ServerSettings) -> None:
     """413 naming the limit when the messages are more or longer than the server takes (counts only)."""
     if len(messages) > limits.max_messages:
@@ -94,11 +113,13 @@ class OpenAIController(Controller):
         if not turns or turns[-1].role != "user":
             raise InvalidInputError("messages must end with a user message")
         history = [{"role": m.role, "content": m.content} for m in turns[:-1]]
+        constraint = response_constraint(data, service_state.backend)
         adapter = await resolve_model(service_state, data.model)
         mode = ("combined" if adapter else "rag") if data.retrieval else ("ft" if adapter else "prompt")
         stop = [data.stop] if isinstance(data.stop, str) else list(data.stop or ())
         kwargs = {"mode": mode, "top_k": data.top_k, "adapter": adapter, "max_new_tokens": data.max_tokens,
-                  "temperature": data.temperature, "stop": stop, "instructions": "\n\n".join(system) or None}
+                  "temperature": data.temperature, "stop": stop, "instructions": "\n\n".join(system) or None,
+                  "constraint": constraint}
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         if not data.stream:
             answer = await unless_disconnected(request, chat_service.answer(turns[-1].content, history, **kwargs))
