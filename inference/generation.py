@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from core.settings import GenerationSettings
 from inference.refusal import RefusalGate
+from inference.sampling import logits_processing
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -33,56 +34,6 @@ class Generation:
     completion_tokens: int
     seconds: float
     finish_reason: str = "stop"
-
-
-def _logits_processing(config: GenerationSettings, prompt_length: int,
-                       refusal_gate: RefusalGate | None) -> dict[str, object]:
-    """``generate`` keyword arguments: the refusal gate on the model's own logits, then the configured
-    repetition penalty and scope (see GenerationSettings)."""
-    from transformers import LogitsProcessorList
-
-    processors: list[object] = [RefusalGateProcessor(refusal_gate, prompt_length)] if refusal_gate else []
-    if config.repetition_penalty == 1.0 or config.repetition_penalty_scope == "prompt_and_answer":
-        return {"repetition_penalty": config.repetition_penalty, "logits_processor": LogitsProcessorList(processors)}
-    processors.append(AnswerRepetitionPenalty(config.repetition_penalty, prompt_length))
-    return {"logits_processor": LogitsProcessorList(processors)}
-
-
-class RefusalGateProcessor:
-    """:class:`inference.refusal.RefusalGate` as a transformers logits processor (rows whose answer so far is a
-    prefix of the refusal; answers start at ``prompt_length`` in every left-padded row)."""
-
-    def __init__(self, gate: RefusalGate, prompt_length: int) -> None:
-        self.gate, self.prompt_length = gate, prompt_length
-
-    def __call__(self, input_ids, scores):  # (LongTensor, FloatTensor) -> FloatTensor
-        answers = input_ids[:, self.prompt_length :]
-        if answers.shape[1] >= len(self.gate.tokens):
-            return scores
-        for row, answer in enumerate(answers.tolist()):
-            blocked = self.gate.blocked(answer, scores[row].float().cpu().numpy())
-            if blocked is not None:
-                scores[row, blocked] = float("-inf")
-        return scores
-
-
-class AnswerRepetitionPenalty:
-    """transformers' repetition penalty (CTRL: positive logits divided, negative multiplied) applied to the
-    tokens generated so far only, never to the prompt's. Prompts are left-padded to one length per batch,
-    so the answer starts at ``prompt_length`` in every row."""
-
-    def __init__(self, penalty: float, prompt_length: int) -> None:
-        self.penalty, self.prompt_length = penalty, prompt_length
-
-    def __call__(self, input_ids, scores):  # (LongTensor, FloatTensor) -> FloatTensor
-        import torch
-
-        answer = input_ids[:, self.prompt_length :]
-        if answer.shape[1] == 0:
-            return scores
-        picked = torch.gather(scores, 1, answer)
-        picked = torch.where(picked < 0, picked * self.penalty, picked / self.penalty)
-        return scores.scatter(1, answer, picked)
 
 
 def generate(
@@ -140,7 +91,7 @@ def generate(
                     temperature=temp if sampling else None,
                     top_p=config.top_p if sampling else None,
                     top_k=None,
-                    **_logits_processing(config, enc["input_ids"].shape[1], refusal_gate),
+                    **logits_processing(config, enc["input_ids"].shape[1], refusal_gate),
                     pad_token_id=tokenizer.pad_token_id,
                     streamer=streamer,
                     stopping_criteria=StoppingCriteriaList([_Stopped()]) if stop is not None else None,

@@ -39,6 +39,7 @@ import numpy as np
 from core.errors import ConfigError, InvalidInputError, ModelNotFoundError, NotFoundError, TuneragError
 from inference.generation import Generation
 from inference.refusal import RefusalGate, load_gate
+from inference.sampling import sample_next
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -546,7 +547,7 @@ class LlamaCppEngine:
         if gate is not None and (blocked := gate.blocked(seq.generated, logits)) is not None:
             logits = np.array(logits, dtype=np.float32)
             logits[blocked] = -np.inf
-        token = _sample(logits, seq.seen, request.repetition_penalty, request.temperature, request.top_p, seq.rng)
+        token = sample_next(logits, seq.seen, request.repetition_penalty, request.temperature, request.top_p, seq.rng)
         seq.generated.append(token)
         seq.seen[token] = True
         stop = token in self.eos_ids or bool(self.api.is_eog(self.model, token))
@@ -577,24 +578,3 @@ class GenerationCancelled(TuneragError):
 
 def _cancelled() -> GenerationCancelled:
     return GenerationCancelled("generation cancelled")
-
-
-def _sample(logits: np.ndarray, seen: np.ndarray, penalty: float, temperature: float, top_p: float,
-            rng: np.random.Generator) -> int:
-    """transformers' semantics: repetition penalty on the ``seen`` tokens (the answer's, plus the prompt's
-    when the request says so), then greedy or temperature + nucleus sampling."""
-    x = np.array(logits, dtype=np.float32)
-    if penalty != 1.0:
-        picked = x[seen]
-        x[seen] = np.where(picked > 0, picked / penalty, picked * penalty)
-    if temperature <= 0:
-        return int(np.argmax(x))
-    x = x / temperature
-    order = np.argsort(-x)
-    probs = np.exp(x[order] - x[order[0]])
-    probs /= probs.sum()
-    if top_p < 1.0:
-        keep = int(np.searchsorted(np.cumsum(probs), top_p) + 1)
-        probs = probs[:keep] / probs[:keep].sum()
-        order = order[:keep]
-    return int(order[rng.choice(len(probs), p=probs)])

@@ -37,22 +37,35 @@ def test_empty_input_returns_nothing(settings: Settings) -> None:
 
 def test_repetition_penalty_counts_the_answer_not_the_prompt() -> None:
     """Quoting the context and citing its [doc-id]s must cost nothing; repeating the answer still does."""
+    import numpy as np
     import torch
 
-    from inference.generation import AnswerRepetitionPenalty
+    from core.settings import GenerationSettings
+    from inference.sampling import logits_processing, sample_next
 
     prompt, answer = [5, 6, 7], [8]
     scores = torch.tensor([[0.0, 0, 0, 0, 0, 2.0, 2.0, -2.0, 2.0, -2.0]])
-    out = AnswerRepetitionPenalty(2.0, prompt_length=len(prompt))(torch.tensor([prompt + answer]), scores.clone())
+    config = GenerationSettings(repetition_penalty=2.0)
+    (penalty,) = logits_processing(config, len(prompt), None)["logits_processor"]
+    out = penalty(torch.tensor([prompt + answer]), scores.clone())
     assert out[0, 5:8].tolist() == [2.0, 2.0, -2.0]  # prompt tokens untouched
     assert out[0, 8].item() == 1.0 and out[0, 9].item() == -2.0  # the answer's token divided; unseen untouched
-    untouched = AnswerRepetitionPenalty(2.0, prompt_length=4)(torch.tensor([prompt + answer]), scores.clone())
-    assert torch.equal(untouched, scores)  # nothing generated yet
+    (nothing_yet,) = logits_processing(config, 4, None)["logits_processor"]
+    assert torch.equal(nothing_yet(torch.tensor([prompt + answer]), scores.clone()), scores)
+    # The llama.cpp engine's sampler: the same penalty on the same seen tokens.
+    seen = np.zeros(10, dtype=bool)
+    seen[answer] = True
+    logits = np.array([0.0, 0, 0, 0, 0, 2.0, 1.0, -2.0, 2.5, -2.0], dtype=np.float32)
+    assert sample_next(logits, seen, 2.0, 0.0, 1.0, np.random.default_rng(0)) == 5  # 2.5 -> 1.25 loses to 2.0
+    assert sample_next(logits, np.zeros(10, dtype=bool), 2.0, 0.0, 1.0, np.random.default_rng(0)) == 8
 
 
 def test_generate_applies_the_configured_penalty_scope(settings) -> None:
-    from inference.generation import AnswerRepetitionPenalty, RefusalGateProcessor, _logits_processing
+    from transformers import RepetitionPenaltyLogitsProcessor as AnswerRepetitionPenalty
+
     from inference.refusal import RefusalGate
+    from inference.sampling import RefusalGateProcessor
+    from inference.sampling import logits_processing as _logits_processing
 
     kinds = lambda kw: [type(p) for p in kw["logits_processor"]]  # noqa: E731
     assert kinds(_logits_processing(settings.generation, 10, None)) == [AnswerRepetitionPenalty]
@@ -102,7 +115,7 @@ def generate_ids(model, tokenizer, prompt: str, config) -> list[int]:
     """The greedy answer's token ids, decoded with the same logits processing as ``generate``."""
     import torch
 
-    from inference.generation import _logits_processing
+    from inference.sampling import logits_processing as _logits_processing
 
     enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
     with torch.inference_mode():
