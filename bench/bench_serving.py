@@ -1,8 +1,10 @@
 """Serving speed of the real API: the llama.cpp continuous-batching engine (Q8_0 weights, large prompt calls)
 vs the same engine on the shipped Q4_1 file (31-token prompt calls, the previous default) vs the transformers
-batcher, with raw llama.cpp on the same GGUF and prompt as the peer, all in one run.
+batcher vs tunerag's remote backend on llama.cpp's own server (``xllamacpp``), with llama.cpp's server alone
+on the same weights, adapter and rendered prompts as the peer, all in one run.
 
     python bench/bench_serving.py [--max-tokens 64] [--soak-seconds 120] [--storm-seconds 30]
+    python bench/bench_serving.py --engines llamacpp,xllamacpp --skip-soak --skip-kernels   # engine choice only
 
 Every server is a real uvicorn process on 127.0.0.1 with the packaged SmolLM2 + MiniLM, combined mode
 (4 passages) and an active LoRA adapter (r=16 on q/k/v/o, random weights: speed only). For each engine:
@@ -208,6 +210,15 @@ def make_adapter(data_dir: Path) -> str:
     return artifact.id
 
 
+def default_weights() -> Path:
+    """The GGUF file the llama.cpp engine runs with the default settings (converted once, cached)."""
+    from core.models import generator_gguf_path
+    from inference.llamacpp_weights import engine_weights
+
+    settings = load_settings()
+    return engine_weights(settings, generator_gguf_path(settings)).path  # type: ignore[arg-type]
+
+
 def weights_settings(weights: str):
     settings = load_settings()
     return settings.model_copy(update={"generation": settings.generation.model_copy(
@@ -327,8 +338,105 @@ def sample_prompt(data_dir: Path) -> str:
     return build_prompt(load_template(settings), tokenizer, QUESTIONS[0], passages)
 
 
-ENGINES = {  # name -> server environment
+class Peer:
+    """llama.cpp's own server (bench/xllamacpp_server.py) on a GGUF, optionally with a LoRA, in its own process."""
+
+    def __init__(self, gguf: Path, lora: Path | None = None, parallel: int = 8) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, str(ROOT / "bench" / "xllamacpp_server.py"), str(gguf), str(self.port),
+               "--parallel", str(parallel), *(["--lora", str(lora)] if lora else [])]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError("xllamacpp server exited during start-up")
+            time.sleep(0.3)
+        raise RuntimeError("xllamacpp server not ready after 120 s")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+
+
+async def stream_completion(client: httpx.AsyncClient, url: str, prompt: str, max_tokens: int, lora: bool) -> dict:
+    """One streamed /v1/completions on llama.cpp's server (one SSE chunk per token), greedy, the LoRA on."""
+    began, first, tokens = time.perf_counter(), None, 0
+    body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True, "cache_prompt": True,
+            "repeat_penalty": load_settings().generation.repetition_penalty,
+            **({"lora": [{"id": 0, "scale": 1.0}]} if lora else {})}
+    async with client.stream("POST", f"{url}/v1/completions", json=body) as r:
+        if r.status_code != 200:
+            raise httpx.HTTPStatusError("bad status", request=r.request, response=r)
+        async for line in r.aiter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]" and json.loads(line[6:])["choices"][0].get("text"):
+                tokens += 1
+                first = first or time.perf_counter() - began
+    total = time.perf_counter() - began
+    return {"ttft": first or total, "total": total, "tokens": tokens}
+
+
+async def peer_load(url: str, prompts: list[str], concurrency: int, requests: int, max_tokens: int, lora: bool) -> dict:
+    """``load`` for the peer: the same questions' prompts as tunerag renders them, sent straight to llama.cpp."""
+    queue = list(range(requests))
+    rows, errors = [], 0
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal errors
+        while queue:
+            n = queue.pop()
+            try:
+                rows.append(await stream_completion(client, url, prompts[n % len(prompts)], max_tokens, lora))
+            except httpx.HTTPError:
+                errors += 1
+
+    began = time.perf_counter()
+    async with httpx.AsyncClient(timeout=600) as client:
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+    wall = time.perf_counter() - began
+    tokens = sum(r["tokens"] for r in rows)
+    return {"concurrency": concurrency, "requests": requests, "errors": errors, "wall_s": round(wall, 1),
+            "tokens_per_s": round(tokens / wall, 1), "mean_tokens": round(tokens / max(len(rows), 1), 1),
+            "time_to_first_token": percentiles([r["ttft"] for r in rows]),
+            "total_latency": percentiles([r["total"] for r in rows])}
+
+
+def served_prompts(data_dir: Path, n: int) -> list[str]:
+    """The combined-mode prompts (4 passages) the server builds for the first ``n`` benchmark questions."""
+    from transformers import AutoTokenizer
+
+    from core.models import resolve_generator
+    from core.prompt import build_prompt, load_template
+    from retrieval.search import open_retriever
+
+    settings = load_settings(data_dir=data_dir)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_generator(settings).location)
+    retriever = open_retriever(settings)
+    return [build_prompt(load_template(settings), tokenizer, q, [r.to_passage() for r in retriever.search(q, k=4)],
+                         max_tokens=settings.generation.max_context_tokens) for q in QUESTIONS[:n]]
+
+
+def exported_lora(data_dir: Path, adapter_id: str) -> Path:
+    """The adapter's GGUF export (what the llama.cpp engine loads; the peer loads the same file)."""
+    from transformers import AutoConfig
+
+    from core import artifacts
+    from core.models import resolve_generator
+    from inference.gguf_lora import LoraShapes, export_lora_gguf
+
+    settings = load_settings(data_dir=data_dir)
+    shapes = LoraShapes.from_config(AutoConfig.from_pretrained(resolve_generator(settings).location))
+    return export_lora_gguf(artifacts.get_artifact(settings, "adapter", adapter_id).path / "adapter", shapes)
+
+
+ENGINES = {  # name -> server environment ("xllamacpp": tunerag's remote backend on llama.cpp's own server)
     "llamacpp": {"TUNERAG_GENERATION__ENGINE": "llamacpp"},
+    "xllamacpp": {"TUNERAG_SERVER__GENERATION_BACKEND": "openai", "TUNERAG_SERVER__OPENAI_DIALECT": "llamacpp"},
     "llamacpp_q4_1_31": {"TUNERAG_GENERATION__ENGINE": "llamacpp", "TUNERAG_GENERATION__LLAMACPP_WEIGHTS": "original"},
     "transformers": {"TUNERAG_GENERATION__ENGINE": "transformers"},
 }
@@ -348,13 +456,19 @@ def main() -> None:
     parser.add_argument("--soak-seconds", type=float, default=120)
     parser.add_argument("--storm-seconds", type=float, default=30)
     parser.add_argument("--engines", default=",".join(ENGINES), help="comma-separated subset of " + ",".join(ENGINES))
+    parser.add_argument("--skip-kernels", action="store_true", help="skip the prefill / decode-step / raw-peer sections")
+    parser.add_argument("--skip-soak", action="store_true", help="skip the soak and disconnect-storm sections")
     args = parser.parse_args()
     result: dict = {"max_tokens": args.max_tokens, "mode": "combined", "passages": 4}
     with tempfile.TemporaryDirectory() as tmp:
         for engine in args.engines.split(","):
             data = Path(tmp) / engine
             adapter = make_adapter(data)
-            server = Server(data, 8, [SAMPLE_DIR / "kb"], ENGINES[engine])
+            env, peer = dict(ENGINES[engine]), None
+            if engine == "xllamacpp":  # llama.cpp's server on the engine's own weights and the adapter's export
+                peer = Peer(default_weights(), exported_lora(data, adapter))
+                env["TUNERAG_SERVER__OPENAI_BASE_URL"] = peer.url
+            server = Server(data, 8, [SAMPLE_DIR / "kb"], env)
             try:
                 ready = httpx.get(f"{server.url}/ready").json()
                 assert ready["active_adapter"] == adapter, ready
@@ -363,7 +477,7 @@ def main() -> None:
                              "c8": asyncio.run(load(server.url, 8, args.requests, args.max_tokens))}
                 row["c8_vs_c1_throughput"] = round(row["c8"]["tokens_per_s"] / row["c1"]["tokens_per_s"], 2)
                 row["c8_vs_c1_bound"] = c8_bound(row["c1"], args.max_tokens)
-                if engine == "llamacpp":
+                if engine == "llamacpp" and not args.skip_soak:
                     row["soak_c16"] = asyncio.run(soak(server.url, 16, args.soak_seconds, args.max_tokens))
                     alone = asyncio.run(storm(server.url, 8, 0, args.storm_seconds, args.max_tokens))
                     polite = asyncio.run(storm(server.url, 8, 8, args.storm_seconds, args.max_tokens, polite=True))
@@ -376,15 +490,34 @@ def main() -> None:
                     row["metrics_exposed"] = sorted({line.split("{")[0].split(" ")[0] for line in metrics.splitlines()
                                                      if line.startswith("tunerag_generation") or
                                                      line.startswith("tunerag_time")})
+                if peer is not None:  # the peer alone, on the prompts tunerag renders for the same questions
+                    prompts = served_prompts(data, len(QUESTIONS))
+                    asyncio.run(peer_load(peer.url, prompts, 2, 2, 8, True))  # warm-up
+                    result["peer_xllamacpp"] = {
+                        "weights": default_weights().name,
+                        "c1": asyncio.run(peer_load(peer.url, prompts, 1, max(4, args.requests // 4), args.max_tokens, True)),
+                        "c8": asyncio.run(peer_load(peer.url, prompts, 8, args.requests, args.max_tokens, True))}
                 result[engine] = row
             finally:
                 server.stop()
+                if peer is not None:
+                    peer.stop()
         prompt = sample_prompt(Path(tmp) / args.engines.split(",")[0])
-    result["prefill"] = prefill_calls(prompt)
-    result["decode_steps"] = decode_steps()
-    result["peer_llamacpp_raw"] = {w: peer_llamacpp(prompt, args.max_tokens, w) for w in ("q8_0", "original")}
-    result["peer_llama_cpp_python"] = peer_llama_cpp_python(prompt, args.max_tokens)
+    if not args.skip_kernels:
+        result["prefill"] = prefill_calls(prompt)
+        result["decode_steps"] = decode_steps()
+        result["peer_llamacpp_raw"] = {w: peer_llamacpp(prompt, args.max_tokens, w) for w in ("q8_0", "original")}
+        result["peer_llama_cpp_python"] = peer_llama_cpp_python(prompt, args.max_tokens)
     ratios = {}
+    peer = result.get("peer_xllamacpp")
+    for name in ("llamacpp", "xllamacpp"):
+        if peer and name in result:
+            for c in ("c1", "c8"):
+                ratios[f"{name}_{c}_throughput_vs_llamacpp_server"] = round(
+                    result[name][c]["tokens_per_s"] / peer[c]["tokens_per_s"], 2)
+            ratios[f"{name}_c8_ttft_p50_s"] = round(result[name]["c8"]["time_to_first_token"]["p50_ms"] / 1000, 2)
+    if peer:
+        ratios["llamacpp_server_c8_vs_c1"] = round(peer["c8"]["tokens_per_s"] / peer["c1"]["tokens_per_s"], 2)
     ours = result.get("llamacpp")
     for name in ("llamacpp_q4_1_31", "transformers"):
         if ours and name in result:
@@ -395,7 +528,7 @@ def main() -> None:
             ratios[f"c8_throughput_vs_{name}"] = round(ours["c8"]["tokens_per_s"] / before["c8"]["tokens_per_s"], 2)
             ratios[f"c8_ttft_p50_vs_{name}"] = round(ours["c8"]["time_to_first_token"]["p50_ms"]
                                                      / before["c8"]["time_to_first_token"]["p50_ms"], 2)
-    if ours:
+    if ours and "peer_llamacpp_raw" in result:
         ratios["single_stream_decode_vs_raw_llamacpp"] = round(ours["c1"]["per_stream_decode_tokens_per_s"]
                                                                / result["peer_llamacpp_raw"]["q8_0"]["decode_tokens_per_s"], 2)
     result["ratios"] = ratios
