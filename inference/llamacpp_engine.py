@@ -32,12 +32,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from core.errors import ConfigError, InvalidInputError, ModelNotFoundError, NotFoundError, TuneragError
 from inference.generation import Generation
+from inference.llamacpp_bindings import LOG_CALLBACK, Api
 from inference.refusal import RefusalGate, load_gate
 from inference.sampling import sample_next
 
@@ -54,15 +55,6 @@ MAX_RUNNING = 31  # running sequences decoded in one call: under the GEMM switch
 MAX_CALL_TOKENS = 512  # the contexts' n_batch: the most tokens one llama_decode call can carry
 # ik_llama.cpp's fused ffn_up/ffn_gate op ignores LoRAs on both (see _context). True only to measure the bug.
 FUSE_UP_GATE = False
-
-
-def llamacpp_available() -> bool:
-    """Whether the ik_llama.cpp wheel is importable (the engine falls back to transformers otherwise)."""
-    try:
-        import ik_llama_cpp._ctypes_api  # noqa: F401
-    except (ImportError, OSError, FileNotFoundError):
-        return False
-    return True
 
 
 def engine_from_settings(settings: Settings, on_step: Callable[[int], None] | None = None) -> LlamaCppEngine:
@@ -82,34 +74,6 @@ def engine_from_settings(settings: Settings, on_step: Callable[[int], None] | No
                           n_threads=gen.threads, lora_shapes=LoraShapes.from_config(config),
                           max_call_tokens=weights.max_call_tokens, refusal_min_prob=gen.refusal_min_prob,
                           on_step=on_step)
-
-
-class _Api:
-    """The llama.cpp C functions the engine calls, typed once (the wheel's module covers the basics)."""
-
-    def __init__(self) -> None:
-        from ik_llama_cpp import _ctypes_api as C
-
-        self.C = C
-        lib = C._lib
-        void, i32 = ctypes.c_void_p, ctypes.c_int32
-
-        def bind(name: str, argtypes: list[Any], restype: Any) -> Any:
-            fn = getattr(lib, name)
-            fn.argtypes, fn.restype = argtypes, restype
-            return fn
-
-        self.seq_rm = bind("llama_kv_cache_seq_rm", [void, i32, i32, i32], ctypes.c_bool)
-        self.seq_cp = bind("llama_kv_cache_seq_cp", [void, i32, i32, i32, i32], None)
-        self.lora_init = bind("llama_lora_adapter_init", [void, ctypes.c_char_p], void)
-        self.lora_set = bind("llama_lora_adapter_set", [void, void, ctypes.c_float], i32)
-        self.lora_clear = bind("llama_lora_adapter_clear", [void], None)
-        self.is_eog = bind("llama_token_is_eog", [void, i32], ctypes.c_bool)
-        self.log_set = bind("llama_log_set", [void, void], None)
-        size_t, u32 = ctypes.c_size_t, ctypes.c_uint32
-        self.state_size = bind("llama_state_seq_get_size", [void, i32, u32], size_t)
-        self.state_get = bind("llama_state_seq_get_data", [void, ctypes.c_void_p, size_t, i32, u32], size_t)
-        self.state_set = bind("llama_state_seq_set_data", [void, ctypes.c_void_p, size_t, i32, u32], size_t)
 
 
 @dataclass
@@ -155,18 +119,6 @@ class _Prefix:
     last_prompt: list[int] = field(default_factory=list)
 
 
-_LOG_FN = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
-
-
-@_LOG_FN
-def _LOG_CALLBACK(level: int, text: bytes | None, _: Any) -> None:  # noqa: N802 - a C callback, kept alive here
-    """llama.cpp prints hundreds of load-time lines; keep its warnings and errors, in our log."""
-    # GGML_LOG_LEVEL_WARN, GGML_LOG_LEVEL_ERROR; the CPU build warns of "0 MiB free on device 0" (no GPU): noise.
-    if level in (3, 4) and text and b"Free memory" not in text:
-        logger.log(logging.WARNING if level == 3 else logging.ERROR, "llama.cpp: %s",
-                   text.decode("utf-8", "replace").rstrip())
-
-
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = min(len(a), len(b))
     arr_a, arr_b = np.asarray(a[:n]), np.asarray(b[:n])
@@ -194,9 +146,9 @@ class LlamaCppEngine:
                  on_step: Callable[[int], None] | None = None) -> None:
         if not gguf_path.is_file():
             raise ModelNotFoundError(f"GGUF model not found: {gguf_path}")
-        self.api = _Api()
+        self.api = Api()
         C = self.api.C
-        self.api.log_set(ctypes.cast(_LOG_CALLBACK, ctypes.c_void_p), None)
+        self.api.log_set(ctypes.cast(LOG_CALLBACK, ctypes.c_void_p), None)
         C.llama_backend_init()
         params = C.llama_model_default_params()
         self.model = C.llama_model_load_from_file(str(gguf_path).encode(), params)

@@ -19,7 +19,7 @@ from typing import Any
 from core.errors import ConfigError, TuneragError
 from core.settings import Settings
 from inference.backends import GenerationBackend
-from inference.llamacpp_engine import llamacpp_available
+from inference.llamacpp_bindings import llamacpp_available
 
 logger = logging.getLogger(__name__)
 

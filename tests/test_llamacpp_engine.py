@@ -15,12 +15,12 @@ import pytest
 from core.prompt import ContextPassage, build_prompt, load_template
 from core.settings import Settings, load_settings
 from inference.generation import Generation, generate
+from inference.llamacpp_bindings import llamacpp_available
 from inference.llamacpp_engine import (
     EngineRequest,
     GenerationCancelled,
     LlamaCppEngine,
     engine_from_settings,
-    llamacpp_available,
 )
 
 pytestmark = pytest.mark.slow

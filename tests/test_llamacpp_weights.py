@@ -64,7 +64,7 @@ def test_original_weights_setting_keeps_the_shipped_file(shipped: tuple[Settings
 @pytest.mark.slow
 def test_q8_0_copy_is_made_once_and_large_prompt_calls_agree_with_small_ones(
         shipped: tuple[Settings, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    from inference.llamacpp_engine import llamacpp_available
+    from inference.llamacpp_bindings import llamacpp_available
 
     if not llamacpp_available() or llamacpp_weights.quantize_binary() is None:
         if os.environ.get("CI"):
