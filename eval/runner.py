@@ -245,12 +245,18 @@ def generate_answers(run: SystemRun, items: Sequence[EvalItem], engine: EvalEngi
     done = len(items) - len(pending)
     with cache_file.open("a", encoding="utf-8") as fh, tqdm(total=len(items), initial=done,
                                                            desc=f"eval {run.spec.name}", unit="q") as bar:
-        for start in range(0, len(pending), cfg.batch_size):
-            batch = pending[start : start + cfg.batch_size]
+        # Chunks of several times the requests in flight: the backend keeps batch_size running, a finished one
+        # replaced at once (waiting for whole waves left the engine half empty at every wave's end), and the cache
+        # is written after each chunk (an interrupted run loses at most one chunk).
+        step = cfg.batch_size * 4
+        for start in range(0, len(pending), step):
+            batch = pending[start : start + step]
+            chunk_began = time.perf_counter()
             outputs = engine.generate([p for _, p in batch], run.adapter, cfg.max_new_tokens)
+            per_answer = (time.perf_counter() - chunk_began) / len(batch)  # wall per answer at this concurrency
             for (n, _), out in zip(batch, outputs, strict=True):
                 rows[n].update({"answer": out.text, "prompt_tokens": out.prompt_tokens,
-                                "completion_tokens": out.completion_tokens, "seconds": out.seconds / len(batch)})
+                                "completion_tokens": out.completion_tokens, "seconds": per_answer})
                 fh.write(json.dumps({"id": items[n].id, **{k: rows[n][k] for k in
                                      ("prompt_hash", "answer", "prompt_tokens", "completion_tokens", "seconds")}}) + "\n")
             fh.flush()
