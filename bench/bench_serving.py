@@ -381,9 +381,12 @@ async def stream_completion(client: httpx.AsyncClient, url: str, prompt: str, ma
     return {"ttft": first or total, "total": total, "tokens": tokens}
 
 
-async def peer_load(url: str, prompts: list[str], concurrency: int, requests: int, max_tokens: int, lora: bool) -> dict:
-    """``load`` for the peer: the same questions' prompts as tunerag renders them, sent straight to llama.cpp."""
-    queue = list(range(requests))
+async def peer_load(url: str, prompts: list[str], concurrency: int, requests: int, max_tokens: int, lora: bool,
+                    offset: int = 0) -> dict:
+    """``load`` for the peer: the same questions' prompts as tunerag renders them, sent straight to llama.cpp.
+    ``offset`` keeps each phase on prompts the server has not seen (its prompt cache would answer a repeated
+    prompt's prefill for free, which tunerag's engine, caching only the shared system prefix, does not)."""
+    queue = list(range(offset, offset + requests))
     rows, errors = [], 0
 
     async def worker(client: httpx.AsyncClient) -> None:
@@ -492,11 +495,15 @@ def main() -> None:
                                                      line.startswith("tunerag_time")})
                 if peer is not None:  # the peer alone, on the prompts tunerag renders for the same questions
                     prompts = served_prompts(data, len(QUESTIONS))
-                    asyncio.run(peer_load(peer.url, prompts, 2, 2, 8, True))  # warm-up
+                    # tunerag's phases above sent QUESTIONS[0 : requests] through this server: the peer alone
+                    # gets questions after those, distinct per phase, so no prompt is in its cache.
+                    n1, base = max(4, args.requests // 4), args.requests + 8
+                    asyncio.run(peer_load(peer.url, prompts, 2, 2, 8, True, offset=len(prompts) - 2))  # warm-up
                     result["peer_xllamacpp"] = {
-                        "weights": default_weights().name,
-                        "c1": asyncio.run(peer_load(peer.url, prompts, 1, max(4, args.requests // 4), args.max_tokens, True)),
-                        "c8": asyncio.run(peer_load(peer.url, prompts, 8, args.requests, args.max_tokens, True))}
+                        "weights": default_weights().name, "prompts": "distinct per phase (no whole-prompt cache hits)",
+                        "c1": asyncio.run(peer_load(peer.url, prompts, 1, n1, args.max_tokens, True, offset=base)),
+                        "c8": asyncio.run(peer_load(peer.url, prompts, 8, args.requests, args.max_tokens, True,
+                                                    offset=base + n1))}
                 result[engine] = row
             finally:
                 server.stop()
