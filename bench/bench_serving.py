@@ -55,6 +55,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float, what: str) -> None:
+    """Poll ``url`` until it answers 200; fail when ``proc`` exits or ``timeout_s`` passes."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited during start-up")
+        time.sleep(0.3)
+    raise RuntimeError(f"{what} not ready after {timeout_s:.0f} s")
+
+
 class Server:
     def __init__(self, data_dir: Path, batch_size: int, sources: list[Path], extra_env: dict[str, str] | None = None) -> None:
         self.port = free_port()
@@ -64,17 +79,7 @@ class Server:
                "TUNERAG_RETRIEVAL__SOURCES": json.dumps([str(s) for s in sources]), **(extra_env or {})}
         self.proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(self.port)], env=env,
                                      cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None:
-                raise RuntimeError("server exited during start-up")
-            time.sleep(0.5)
-        raise RuntimeError("server not ready after 300 s")
+        wait_ready(f"{self.url}/ready", self.proc, 300, "server")
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -347,17 +352,7 @@ class Peer:
         cmd = [sys.executable, str(ROOT / "bench" / "xllamacpp_server.py"), str(gguf), str(self.port),
                "--parallel", str(parallel), *(["--lora", str(lora)] if lora else [])]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None:
-                raise RuntimeError("xllamacpp server exited during start-up")
-            time.sleep(0.3)
-        raise RuntimeError("xllamacpp server not ready after 120 s")
+        wait_ready(f"{self.url}/health", self.proc, 120, "xllamacpp server")
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -1,4 +1,5 @@
-"""Helpers several test modules share: a browser that CI must have, and /health polled during an attack."""
+"""Helpers several test modules share: a browser that CI must have, /health polled during an attack, and a fixed
+random LoRA on the real generator."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,3 +37,22 @@ def health_answers_during(client: Any, attack: Callable[[], Any], pause_s: float
         time.sleep(pause_s)
     worker.join()
     return result.get("value"), answered
+
+
+def random_lora(settings: Any, folder: Path) -> tuple[Any, Any]:
+    """A fixed random r=8 LoRA on every linear layer of the real model, saved to ``folder``."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from core.models import load_generator
+
+    model, tokenizer = load_generator(settings, fresh=True)
+    torch.manual_seed(0)  # a fixed adapter (lora_A's init is random too): the same test every run
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, task_type="CAUSAL_LM", target_modules=[
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.04)
+    peft_model.save_pretrained(str(folder))
+    return peft_model.eval(), tokenizer

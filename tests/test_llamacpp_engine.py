@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import random_lora
 
 from core.prompt import ContextPassage, build_prompt, load_template
 from core.settings import Settings, load_settings
@@ -99,25 +100,6 @@ def test_greedy_answers_match_transformers_on_a_fixed_prompt_set(engine: LlamaCp
         top2 = torch.topk(logits, 2).indices.tolist()
         gap = float(logits.max() - logits[a[d]])
         assert a[d] in top2 and gap <= 0.5, (prompt[-80:], ours.text, theirs.text, d, gap)
-
-
-def random_lora(settings: Settings, folder: Path):
-    """A fixed random r=8 LoRA on every linear layer of the real model, saved to ``folder``."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    from core.models import load_generator
-
-    model, tokenizer = load_generator(settings, fresh=True)
-    torch.manual_seed(0)  # a fixed adapter (lora_A's init is random too): the same test every run
-    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, task_type="CAUSAL_LM", target_modules=[
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.04)
-    peft_model.save_pretrained(str(folder))
-    return peft_model.eval(), tokenizer
 
 
 def test_peft_adapter_exported_to_gguf_gives_the_same_answers(engine: LlamaCppEngine, real_settings: Settings,

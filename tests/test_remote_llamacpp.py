@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from helpers import random_lora
 from litestar.testing import TestClient
 
 from core import artifacts
@@ -41,22 +42,8 @@ def xllamacpp():
 
 
 def random_adapter(settings: Settings) -> artifacts.Artifact:
-    """A fixed random r=8 all-linear LoRA on the real generator, stored as a finished adapter artifact."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    from core.models import load_generator
-
-    model, _ = load_generator(settings, fresh=True)
-    torch.manual_seed(0)
-    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, task_type="CAUSAL_LM", target_modules=[
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.04)
-    workdir = artifacts.run_dir(settings, "adapter", "remote-lora")
-    peft_model.save_pretrained(str(workdir / "adapter"))
+    """The fixed random all-linear LoRA (helpers.random_lora), stored as a finished adapter artifact."""
+    random_lora(settings, artifacts.run_dir(settings, "adapter", "remote-lora") / "adapter")
     return artifacts.finalize(settings, "adapter", "remote-lora", {"created_at": artifacts.utc_now(), "stage": "sft"},
                               keep=["adapter"])
 
