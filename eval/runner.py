@@ -45,7 +45,7 @@ from retrieval.answerability import Verifier, pair_text
 from retrieval.embedding import embedder_fingerprint
 from retrieval.indexer import update_index
 from retrieval.metrics import query_metrics
-from retrieval.search import Retriever, doc_ranking, open_retriever
+from retrieval.search import Retriever, SearchResult, doc_ranking, open_retriever
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +163,11 @@ class EvalEngine:
     call: Callable[[Callable[[], Any]], Any]
     concurrency: int = 8
 
+    def __post_init__(self) -> None:  # the weights' hash is read here, on the evaluation's thread, not at start-up
+        from inference.loader import with_weights_hash
+
+        self.info = with_weights_hash(self.info)
+
     @property
     def identity(self) -> str:
         """What makes answers of this engine differ from another's (the answer cache key)."""
@@ -212,9 +217,11 @@ def generate_answers(run: SystemRun, items: Sequence[EvalItem], engine: EvalEngi
     # query slightly differently) and k = top_k (exact search breaks score ties by k); the deeper ranking feeds
     # the retrieval metrics only.
     top_k = settings.retrieval.top_k
-    contexts = [retriever.search(i.question, k=top_k) for i in items] if retriever else [None] * len(items)
-    results = ([retriever.search(i.question, k=depth) for i in items] if depth > top_k else contexts) if retriever \
-        else [None] * len(items)
+    contexts: list[list[SearchResult] | None] = [None] * len(items)
+    results = contexts
+    if retriever is not None:
+        contexts = [retriever.search(i.question, k=top_k) for i in items]
+        results = [retriever.search(i.question, k=depth) for i in items] if depth > top_k else contexts
     pending: list[tuple[int, str]] = []
     rows: list[dict[str, Any]] = []
     cache = _read_cache(cache_file)

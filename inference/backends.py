@@ -95,10 +95,12 @@ class GenerationBackend(Protocol):
     async def close(self) -> None: ...
 
 
-def _no_constraint(engine: str, constraint: dict | None) -> None:
-    if constraint is not None:
-        raise UnsupportedRequestError(f"response_format needs an engine that constrains output; the {engine} engine "
-                                      "does not: set server.generation_backend=openai with llama.cpp's server or vLLM")
+def check_constraint(backend: Any, constraint: dict | None, what: str = "response_format") -> None:
+    """Refuse ``constraint`` (a 400 naming the setting) when ``backend`` cannot constrain its output."""
+    if constraint is not None and not getattr(backend, "constrains_output", False):
+        raise UnsupportedRequestError(f"{what} needs an engine that constrains output; this server's {backend.name} "
+                                      "engine does not: set server.generation_backend=openai with llama.cpp's server "
+                                      "or vLLM")
 
 
 @dataclass
@@ -133,7 +135,7 @@ class LocalBackend:
 
     async def generate(self, prompt: str, adapter: str | None, max_new_tokens: int | None,
                        temperature: float | None, *, constraint: dict | None = None) -> Generation:
-        _no_constraint(self.name, constraint)
+        check_constraint(self, constraint)
         if adapter is not None and adapter not in self.engine.adapters:
             raise NotFoundError(f"adapter {adapter!r} is not loaded")
         future: asyncio.Future[Generation] = asyncio.get_running_loop().create_future()
@@ -182,7 +184,7 @@ class LocalBackend:
 
     async def stream(self, prompt: str, adapter: str | None, max_new_tokens: int | None,
                      temperature: float | None, *, constraint: dict | None = None) -> AsyncIterator[str]:
-        _no_constraint(self.name, constraint)
+        check_constraint(self, constraint)
         if adapter is not None and adapter not in self.engine.adapters:
             raise NotFoundError(f"adapter {adapter!r} is not loaded")
         send, receive = anyio.create_memory_object_stream[str | None](max_buffer_size=1024)
@@ -277,7 +279,7 @@ class ContinuousBackend:
 
     async def generate(self, prompt: str, adapter: str | None, max_new_tokens: int | None,
                        temperature: float | None, *, constraint: dict | None = None) -> Generation:
-        _no_constraint(self.name, constraint)
+        check_constraint(self, constraint)
         async for kind, payload in self._events(prompt, adapter, max_new_tokens, temperature):
             if kind == "done":
                 return payload
@@ -285,7 +287,7 @@ class ContinuousBackend:
 
     async def stream(self, prompt: str, adapter: str | None, max_new_tokens: int | None,
                      temperature: float | None, *, constraint: dict | None = None) -> AsyncIterator[str]:
-        _no_constraint(self.name, constraint)
+        check_constraint(self, constraint)
         async for kind, payload in self._events(prompt, adapter, max_new_tokens, temperature):
             if kind == "text":
                 yield payload

@@ -58,5 +58,3 @@ def LOG_CALLBACK(level: int, text: bytes | None, _: Any) -> None:  # noqa: N802 
     if level in (3, 4) and text and b"Free memory" not in text:
         logger.log(logging.WARNING if level == 3 else logging.ERROR, "llama.cpp: %s",
                    text.decode("utf-8", "replace").rstrip())
-
-

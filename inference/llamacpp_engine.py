@@ -176,6 +176,7 @@ class LlamaCppEngine:
         self.lora_shapes = lora_shapes
         self.on_step = on_step
         self._adapters: dict[str, tuple[str, int]] = {}  # name -> (peft folder, llama adapter pointer)
+        self._ranks: dict[str, int] = {}  # name -> LoRA rank (one rank per engine: see load_adapter)
         self.refusal_min_prob = refusal_min_prob
         self._gates: dict[str, RefusalGate] = {}
         self._applied: dict[int, str | None] = {self.ctx: None, self.pctx: None}
@@ -228,7 +229,7 @@ class LlamaCppEngine:
             raise ConfigError("this engine was built without the model's shapes (lora_shapes): it cannot load LoRAs")
         gguf_file = export_lora_gguf(Path(folder), self.lora_shapes)
         rank = adapter_rank(Path(folder))
-        others = {n: adapter_rank(Path(f)) for n, (f, _) in self._adapters.items() if n != name}
+        others = {n: r for n, r in self._ranks.items() if n != name}
         if any(r != rank for r in others.values()):
             # Two ranks make two graph shapes, and this wheel reuses one's memory plan for the other (a crash).
             raise InvalidInputError(f"adapter {name!r} has LoRA rank {rank}, the loaded adapters {others}: the llama.cpp "
@@ -243,6 +244,7 @@ class LlamaCppEngine:
                 if not pointer:
                     raise TuneragError(f"llama.cpp could not load the LoRA {gguf_file}")
                 self._adapters[name] = (folder, pointer)
+                self._ranks[name] = rank
                 if gate is not None:
                     self._gates[name] = gate
                 else:

@@ -9,6 +9,7 @@ all call :func:`load_engine`, so a report describes the engine, weights and deco
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import logging
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.errors import ConfigError, TuneragError
+from core.errors import ConfigError
 from core.settings import Settings
 from inference.backends import GenerationBackend
 from inference.llamacpp_bindings import llamacpp_available
@@ -58,18 +59,37 @@ def choose_engine(settings: Settings) -> tuple[str, str]:
     return "transformers", "; ".join(problems)
 
 
+@functools.lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime: float) -> str:
+    """sha256 of a file, memoized by path, size and mtime (hashing 270 MB takes a second)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
-def _file_sha256(path: Path, cache: dict[tuple[str, int, float], str] = {}) -> str:  # noqa: B006 - a memo
-    """sha256 of a weights file (memoized by path, size and mtime: hashing 270 MB takes a second)."""
+
+def _file_sha256(path: Path) -> str:
     stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime)
-    if key not in cache:
-        digest = hashlib.sha256()
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        cache[key] = digest.hexdigest()
-    return cache[key]
+    return _sha256(str(path.resolve()), stat.st_size, stat.st_mtime)
+
+
+def with_weights_hash(info: dict[str, Any]) -> dict[str, Any]:
+    """``info`` (``LoadedEngine.info``) with ``weights_sha256`` of its ``weights_path`` (a file, or a model folder's
+    weight files), for reports and answer caches. Not done at start-up: it reads the whole weights file."""
+    location = info.get("weights_path")
+    if location is None or "weights_sha256" in info:
+        return info
+    path = Path(location)
+    if path.is_file():
+        return info | {"weights_sha256": _file_sha256(path)}
+    files = sorted(p for p in path.glob("*") if p.suffix in (".safetensors", ".bin", ".gguf")) if path.is_dir() else []
+    if not files:
+        return info | {"weights_sha256": None}
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode() + _file_sha256(file).encode())
+    return info | {"weights_sha256": digest.hexdigest()}
 
 
 def decoding_info(settings: Settings) -> dict[str, Any]:
@@ -92,15 +112,13 @@ def load_engine(settings: Settings, *, on_step: Callable[[int], None] | None = N
     from core.models import resolve_generator
 
     if settings.server.generation_backend == "openai":
-        from transformers import AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
 
         from inference.backends import OpenAIBackend
+        from inference.gguf_lora import LoraShapes
 
         if not settings.server.openai_base_url:
             raise ConfigError("server.generation_backend=openai needs server.openai_base_url")
-        from transformers import AutoConfig
-
-        from inference.gguf_lora import LoraShapes
 
         location = resolve_generator(settings).location
         tokenizer = AutoTokenizer.from_pretrained(location)
@@ -123,8 +141,7 @@ def load_engine(settings: Settings, *, on_step: Callable[[int], None] | None = N
         # both cores at the same moment stalls the whole decode step, so torch gets one thread here.
         torch.set_num_threads(1)
         llama = engine_from_settings(settings, on_step=on_step)
-        weights = Path(llama.gguf_path)
-        info = {"engine": "llamacpp", "reason": reason, "weights": weights.name, "weights_sha256": _file_sha256(weights),
+        info = {"engine": "llamacpp", "reason": reason, "weights": llama.gguf_name, "weights_path": str(llama.gguf_path),
                 "weights_kind": settings.generation.llamacpp_weights}
         return LoadedEngine(ContinuousBackend(llama, llama.tokenizer, settings.generation), llama.tokenizer,
                             info | {"decoding": decoding_info(settings)})
@@ -134,22 +151,11 @@ def load_engine(settings: Settings, *, on_step: Callable[[int], None] | None = N
     engine = GenerationEngine.from_settings(settings)
     resolved = resolve_generator(settings)
     info = {"engine": "transformers", "reason": reason, "weights": str(resolved.location),
-            "weights_sha256": _folder_sha256(Path(resolved.location))}
+            "weights_path": str(resolved.location)}
     # The engine's worker thread changes its tokenizer's padding/truncation state per batch; a Rust tokenizer
     # used meanwhile from the event loop fails with "Already borrowed", so prompts are rendered with a copy.
     return LoadedEngine(LocalBackend(engine, settings.generation), copy.deepcopy(engine.tokenizer),
                         info | {"decoding": decoding_info(settings)})
 
 
-def _folder_sha256(folder: Path) -> str | None:
-    """sha256 over a model folder's weight files (names and contents), or None when there are none."""
-    files = sorted(p for p in folder.glob("*") if p.suffix in (".safetensors", ".bin", ".gguf")) if folder.is_dir() else []
-    if not files:
-        return None
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.name.encode() + _file_sha256(path).encode())
-    return digest.hexdigest()
-
-
-__all__ = ["LoadedEngine", "TuneragError", "choose_engine", "decoding_info", "load_engine"]
+__all__ = ["LoadedEngine", "choose_engine", "decoding_info", "load_engine", "with_weights_hash"]

@@ -37,12 +37,12 @@ class EvalController(Controller):
         from eval.runner import EvalEngine, EvalOptions, run_evaluation
 
         settings = service_state.settings
-        # The server's own backend answers the evaluation (from the job's worker thread, on the server's loop):
-        # the report describes what /v1/chat answers, and no second model is loaded.
-        engine = EvalEngine(service_state.backend, service_state.tokenizer, service_state.engine_info,
-                            anyio.from_thread.run, settings.eval.batch_size)
 
         def work(job_id: uuid.UUID, progress) -> dict[str, Any]:
+            # The server's own backend answers the evaluation (from the job's worker thread, on the server's
+            # loop): the report describes what /v1/chat answers, and no second model is loaded.
+            engine = EvalEngine(service_state.backend, service_state.tokenizer, service_state.engine_info,
+                                anyio.from_thread.run, settings.eval.batch_size)
             out = _report_dir(service_state, job_id)
             options = EvalOptions(limit=data.limit, systems=tuple(data.systems) if data.systems else None, out_dir=out)
             report = run_evaluation(settings, options, on_progress=progress, engine=engine)

@@ -26,6 +26,7 @@ from litestar.response import ServerSentEvent
 from core import artifacts
 from core.errors import InvalidInputError, NotFoundError, UnsupportedRequestError
 from core.settings import ServerSettings
+from inference.backends import check_constraint
 from service.auth import requires
 from service.chat import Answer, ChatService, stream_errors
 from service.disconnect import unless_disconnected
@@ -61,11 +62,9 @@ def response_constraint(data: ChatCompletionRequest, backend: Any) -> dict[str, 
         return None
     if fmt.type == "json_schema" and fmt.json_schema is None:
         raise InvalidInputError("response_format.type json_schema needs response_format.json_schema.schema")
-    if not getattr(backend, "constrains_output", False):
-        raise UnsupportedRequestError(
-            f"response_format {fmt.type} needs an engine that constrains output; this server's {backend.name} engine "
-            "does not: set server.generation_backend=openai with llama.cpp's server or vLLM")
-    return {"type": "object"} if fmt.type == "json_object" else fmt.json_schema.schema  # type: ignore[union-attr]
+    constraint = {"type": "object"} if fmt.type == "json_object" else fmt.json_schema.schema  # type: ignore[union-attr]
+    check_constraint(backend, constraint, f"response_format {fmt.type}")  # before retrieval, not after it
+    return constraint
 
 
 def check_size(messages: list[OpenAIMessage], limits: ServerSettings) -> None:
