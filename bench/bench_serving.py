@@ -108,8 +108,10 @@ async def stream_chat(client: httpx.AsyncClient, url: str, question: str, max_to
     return {"ttft": first or total, "total": total, "tokens": tokens}
 
 
-async def load(url: str, concurrency: int, requests: int, max_tokens: int) -> dict:
-    queue = list(range(requests))
+async def run_load(one, concurrency: int, indexes: list[int]) -> dict:
+    """``concurrency`` clients each calling ``one(client, n)`` for the next ``n`` of ``indexes`` until none is
+    left; throughput, per-stream decode rate and latency percentiles over the answers."""
+    queue = list(indexes)
     rows, errors = [], 0
 
     async def worker(client: httpx.AsyncClient) -> None:
@@ -117,7 +119,7 @@ async def load(url: str, concurrency: int, requests: int, max_tokens: int) -> di
         while queue:
             n = queue.pop()
             try:
-                rows.append(await stream_chat(client, url, QUESTIONS[n % len(QUESTIONS)], max_tokens))
+                rows.append(await one(client, n))
             except httpx.HTTPError:
                 errors += 1
 
@@ -127,11 +129,16 @@ async def load(url: str, concurrency: int, requests: int, max_tokens: int) -> di
     wall = time.perf_counter() - began
     tokens = sum(r["tokens"] for r in rows)
     decode = [r["tokens"] / (r["total"] - r["ttft"]) for r in rows if r["total"] > r["ttft"] and r["tokens"] > 1]
-    return {"concurrency": concurrency, "requests": requests, "errors": errors, "wall_s": round(wall, 1),
+    return {"concurrency": concurrency, "requests": len(indexes), "errors": errors, "wall_s": round(wall, 1),
             "tokens_per_s": round(tokens / wall, 1), "mean_tokens": round(tokens / max(len(rows), 1), 1),
             "per_stream_decode_tokens_per_s": round(sum(decode) / max(len(decode), 1), 1),
             "time_to_first_token": percentiles([r["ttft"] for r in rows]),
             "total_latency": percentiles([r["total"] for r in rows])}
+
+
+async def load(url: str, concurrency: int, requests: int, max_tokens: int) -> dict:
+    return await run_load(lambda client, n: stream_chat(client, url, QUESTIONS[n % len(QUESTIONS)], max_tokens),
+                          concurrency, list(range(requests)))
 
 
 async def soak(url: str, concurrency: int, seconds: float, max_tokens: int) -> dict:
@@ -359,11 +366,12 @@ class Peer:
         self.proc.wait(timeout=60)
 
 
-async def stream_completion(client: httpx.AsyncClient, url: str, prompt: str, max_tokens: int, lora: bool) -> dict:
+async def stream_completion(client: httpx.AsyncClient, url: str, prompt: str, max_tokens: int, lora: bool,
+                            repetition_penalty: float) -> dict:
     """One streamed /v1/completions on llama.cpp's server (one SSE chunk per token), greedy, the LoRA on."""
     began, first, tokens = time.perf_counter(), None, 0
     body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True, "cache_prompt": True,
-            "repeat_penalty": load_settings().generation.repetition_penalty,
+            "repeat_penalty": repetition_penalty,
             **({"lora": [{"id": 0, "scale": 1.0}]} if lora else {})}
     async with client.stream("POST", f"{url}/v1/completions", json=body) as r:
         if r.status_code != 200:
@@ -381,27 +389,10 @@ async def peer_load(url: str, prompts: list[str], concurrency: int, requests: in
     """``load`` for the peer: the same questions' prompts as tunerag renders them, sent straight to llama.cpp.
     ``offset`` keeps each phase on prompts the server has not seen (its prompt cache would answer a repeated
     prompt's prefill for free, which tunerag's engine, caching only the shared system prefix, does not)."""
-    queue = list(range(offset, offset + requests))
-    rows, errors = [], 0
-
-    async def worker(client: httpx.AsyncClient) -> None:
-        nonlocal errors
-        while queue:
-            n = queue.pop()
-            try:
-                rows.append(await stream_completion(client, url, prompts[n % len(prompts)], max_tokens, lora))
-            except httpx.HTTPError:
-                errors += 1
-
-    began = time.perf_counter()
-    async with httpx.AsyncClient(timeout=600) as client:
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-    wall = time.perf_counter() - began
-    tokens = sum(r["tokens"] for r in rows)
-    return {"concurrency": concurrency, "requests": requests, "errors": errors, "wall_s": round(wall, 1),
-            "tokens_per_s": round(tokens / wall, 1), "mean_tokens": round(tokens / max(len(rows), 1), 1),
-            "time_to_first_token": percentiles([r["ttft"] for r in rows]),
-            "total_latency": percentiles([r["total"] for r in rows])}
+    penalty = load_settings().generation.repetition_penalty
+    return await run_load(lambda client, n: stream_completion(client, url, prompts[n % len(prompts)], max_tokens,
+                                                              lora, penalty),
+                          concurrency, list(range(offset, offset + requests)))
 
 
 def served_prompts(data_dir: Path, n: int) -> list[str]:

@@ -1,10 +1,11 @@
-"""Helpers several test modules share: a browser that CI must have, /health polled during an attack, and a fixed
-random LoRA on the real generator."""
+"""Helpers several test modules share: a browser that CI must have, /health polled during an attack, a fixed
+random LoRA on the real generator, a free local port, and waiting for a background job."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -56,3 +57,21 @@ def random_lora(settings: Any, folder: Path) -> tuple[Any, Any]:
                 param.normal_(0, 0.04)
     peft_model.save_pretrained(str(folder))
     return peft_model.eval(), tokenizer
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on at 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_job(client: Any, job_id: str, headers: dict[str, str], timeout: float = 60) -> dict:
+    """Poll ``GET /v1/jobs/{job_id}`` until the job succeeded or failed; its last state."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
+        if job["status"] in ("succeeded", "failed"):
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not finish")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from files import write_pdf
+from helpers import wait_job
 from litestar.testing import TestClient
 
 from core import artifacts
@@ -55,16 +56,6 @@ def api_settings(settings: Settings) -> Settings:
 def client(api_settings: Settings) -> Iterator[TestClient]:
     with TestClient(app=create_app(api_settings)) as c:
         yield c
-
-
-def wait_job(client: TestClient, job_id: str, timeout: float = 60) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}", headers=H_ADMIN).json()
-        if job["status"] in ("succeeded", "failed"):
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not finish")
 
 
 def test_health_ready_openapi_and_metrics(client: TestClient) -> None:
@@ -191,7 +182,7 @@ def test_document_upload_list_delete_and_bad_files(client: TestClient, api_setti
     r = client.post("/v1/documents", files=files, headers=H_ADMIN)
     assert r.status_code == 202, r.text
     assert sorted(r.json()["doc_ids"]) == ["claims", "holiday-hours"]
-    job = wait_job(client, r.json()["job_id"])
+    job = wait_job(client, r.json()["job_id"], H_ADMIN)
     assert job["status"] == "succeeded" and job["result"]["added"] == 2 and job["result"]["embedded_chunks"] >= 2
     docs = {d["doc_id"]: d for d in client.get("/v1/documents", headers=H_ADMIN).json()}
     assert docs["claims"]["uploaded"] and not docs["billing-plans"]["uploaded"] and docs["claims"]["chunks"] >= 1
@@ -225,7 +216,7 @@ def test_document_upload_list_delete_and_bad_files(client: TestClient, api_setti
     assert bad_json.status_code == 422 and "doc_id" in bad_json.json()["detail"]
 
     r = client.delete("/v1/documents/holiday-hours", headers=H_ADMIN)
-    assert r.status_code == 202 and wait_job(client, r.json()["job_id"])["result"]["removed"] == 1
+    assert r.status_code == 202 and wait_job(client, r.json()["job_id"], H_ADMIN)["result"]["removed"] == 1
     assert client.delete("/v1/documents/billing-plans", headers=H_ADMIN).status_code == 409
     assert client.delete("/v1/documents/nope", headers=H_ADMIN).status_code == 404
 
@@ -243,7 +234,7 @@ def test_index_swap_under_concurrent_chat(client: TestClient) -> None:
     for t in threads:
         t.start()
     job = client.post("/v1/index/rebuild", headers=H_ADMIN).json()
-    finished = wait_job(client, job["id"])
+    finished = wait_job(client, job["id"], H_ADMIN)
     time.sleep(0.3)
     stop.set()
     for t in threads:
@@ -281,13 +272,13 @@ def test_embedder_activation_rebuilds_and_swaps_the_index(client: TestClient, ap
     build_tiny_sentence_transformer(run / "model", seed=3)
     tuned = artifacts.finalize(api_settings, "embedder", "embedder-test", {"created_at": artifacts.utc_now()}, keep=["model"])
     job = client.post(f"/v1/embedders/{tuned.id}/activate", headers=H_ADMIN).json()
-    assert wait_job(client, job["id"])["status"] == "succeeded"
+    assert wait_job(client, job["id"], H_ADMIN)["status"] == "succeeded"
     assert artifacts.active_id(api_settings, "embedder") == tuned.id
     body = client.post("/v1/chat", json={"question": "pickups", "mode": "combined"}, headers=H_CHAT).json()
     assert body["index_version"] == "v000002" and body["embedder"].startswith("model-")
     assert not any("base embedder" in n for n in body["notes"])
     # An incremental refresh keeps using the active (fine-tuned) embedder instead of failing on a mismatch.
-    assert wait_job(client, client.post("/v1/index/refresh", headers=H_ADMIN).json()["id"])["status"] == "succeeded"
+    assert wait_job(client, client.post("/v1/index/refresh", headers=H_ADMIN).json()["id"], H_ADMIN)["status"] == "succeeded"
     assert client.post("/v1/embedders/nope/activate", headers=H_ADMIN).status_code == 404
 
 
@@ -298,7 +289,7 @@ def test_jobs_survive_a_restart_as_failed_and_resumable(api_settings: Settings) 
 
     with TestClient(app=create_app(api_settings)) as c:
         job_id = c.post("/v1/index/refresh", headers=H_ADMIN).json()["id"]
-        wait_job(c, job_id)
+        wait_job(c, job_id, H_ADMIN)
 
     async def leave_a_running_job() -> str:
         config = alchemy_config(api_settings)
@@ -322,7 +313,7 @@ def test_eval_job_then_json_and_html_report(client: TestClient, api_settings: Se
     assert job.status_code == 202 and job.json()["kind"] == "eval"
     job_id = job.json()["id"]
     assert client.get(f"/v1/evals/{job_id}/report", headers=H_ADMIN).status_code in (200, 409)
-    finished = wait_job(client, job_id, timeout=120)
+    finished = wait_job(client, job_id, H_ADMIN, timeout=120)
     assert finished["status"] == "succeeded", finished
     report = client.get(f"/v1/evals/{job_id}", headers=H_ADMIN).json()
     assert report["data"]["questions"] == 2 and set(report["systems"]) == {"prompt", "rag"}

@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
+from helpers import wait_job
 from litestar.testing import TestClient
 from tiny_models import build_tiny_causal_lm
 
@@ -36,22 +36,12 @@ def eval_ready(settings: Settings, generator: Path) -> Settings:
     })
 
 
-def wait(client: TestClient, job_id: str, timeout: float = 120) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}", headers=H).json()
-        if job["status"] in ("succeeded", "failed"):
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not finish")
-
-
 def test_eval_answers_are_the_answers_chat_gives(settings: Settings, talkative_generator: Path, tmp_path: Path) -> None:
     settings = eval_ready(settings, talkative_generator)
     with TestClient(app=create_app(settings)) as client:
         r = client.post("/v1/evals", json={"limit": 5, "systems": ["prompt", "rag"]}, headers=H)
         assert r.status_code == 202, r.text
-        job = wait(client, r.json()["id"])
+        job = wait_job(client, r.json()["id"], H, timeout=120)
         assert job["status"] == "succeeded", job
         report = client.get(f"/v1/evals/{job['id']}", headers=H).json()
         assert report["engine"]["engine"] == "transformers" and report["engine"]["weights_sha256"]

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import health_answers_during, require_chromium
+from helpers import free_port, health_answers_during, require_chromium
 from litestar.testing import TestClient
 from sqlalchemy import create_engine, text
 
@@ -138,12 +137,6 @@ def test_cors_origins_are_allowed_to_change_state(settings: Settings) -> None:
         assert c.post("/v1/index/refresh", headers={"Origin": "https://other.example"}).status_code == 403
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class _ThreadedServer:
     """The app under the real uvicorn config of ``tunerag serve`` (service.server), in a thread."""
 
@@ -152,7 +145,7 @@ class _ThreadedServer:
 
         from service.server import uvicorn_config
 
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn_config(settings, create_app(settings), host="127.0.0.1", port=self.port)
         config.log_level = "warning"
@@ -197,7 +190,7 @@ def test_a_page_on_another_origin_cannot_upload_or_reindex_in_real_chromium(sett
         }}
         attack();
         </script></body></html>""")
-        page_server = subprocess.Popen([sys.executable, "-m", "http.server", str(page_port := _free_port()), "--bind",
+        page_server = subprocess.Popen([sys.executable, "-m", "http.server", str(page_port := free_port()), "--bind",
                                         "127.0.0.1", "--directory", str(page_dir)],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
@@ -448,7 +441,7 @@ def test_conflicts_do_not_show_server_paths(client: TestClient) -> None:
 @pytest.mark.slow
 def test_sigterm_stops_the_server_within_the_deadline_during_hostile_requests(tmp_path: Path, tiny_generator_dir: Path,
                                                                               tiny_embedder_dir: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "TUNERAG_DATA_DIR": str(tmp_path / "var"), "TUNERAG_MODELS__GENERATOR": str(tiny_generator_dir),
            "TUNERAG_MODELS__EMBEDDER": str(tiny_embedder_dir), "TUNERAG_GENERATION__MAX_NEW_TOKENS": "2000",
            "TUNERAG_SERVER__SHUTDOWN_TIMEOUT_S": "2", "TUNERAG_SERVER__MAX_MESSAGES": "20000",

@@ -6,14 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from helpers import random_lora
+from helpers import free_port, random_lora
 from litestar.testing import TestClient
 
 from core import artifacts
@@ -23,12 +22,6 @@ from core.settings import Settings, load_settings
 pytestmark = pytest.mark.slow
 ADMIN = "admin-key"
 H = {"Authorization": f"Bearer {ADMIN}"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def xllamacpp():

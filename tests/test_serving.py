@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from helpers import free_port
 
 from core.prompt import build_prompt, load_template
 from core.settings import Settings
@@ -51,16 +51,10 @@ def test_concurrent_requests_share_one_generate_call_per_adapter(settings: Setti
     assert [g.text for g in batched] == [g.text for g in single]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_real_uvicorn_process_serves_and_shuts_down_gracefully(tmp_path: Path, tiny_generator_dir: Path,
                                                                tiny_embedder_dir: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "TUNERAG_DATA_DIR": str(tmp_path / "var"), "TUNERAG_MODELS__GENERATOR": str(tiny_generator_dir),
            "TUNERAG_MODELS__EMBEDDER": str(tiny_embedder_dir), "TUNERAG_GENERATION__MAX_NEW_TOKENS": "64"}
     proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)], env=env,
