@@ -419,7 +419,16 @@ class ServerSettings(BaseModel):
                               "them; with auth off: refused ones); the rest are counted in "
                               "tunerag_request_log_dropped_total, not stored.")
     request_log_retention_days: float = Field(30.0, gt=0, description="Request-log rows older than this are deleted.")
-    database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite in data_dir.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite in data_dir. Replicas "
+                                     "share one PostgreSQL database (postgresql+asyncpg://...) and one data_dir.")
+    replica_id: str | None = Field(None, description="This process's name in job leases; default: host:pid:random.")
+    job_lease_s: float = Field(30.0, gt=1, description="A running job's lease, renewed every third of it; a job "
+                               "whose owner stops renewing (killed replica) is run again by any replica after it.")
+    job_poll_s: float = Field(0.5, gt=0, description="How often a replica looks for queued jobs and expired leases.")
+    job_max_attempts: int = Field(3, ge=1, description="Runs a job gets (interrupted by a shutdown or an expired "
+                                  "lease) before it is marked failed.")
+    watch_interval_s: float = Field(1.0, gt=0, description="How often a replica reads the shared pointers (index "
+                                    "CURRENT, active adapter and verifier) and swaps to what another replica made.")
     generation_backend: Literal["local", "openai"] = "local"
     openai_base_url: str | None = None
     openai_api_key: str | None = None

@@ -7,6 +7,7 @@ a JSON body here, once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -29,9 +30,10 @@ from inference.backends import GenerationBackend
 from inference.loader import LoadedEngine, decoding_info, load_engine
 from service.auth import rate_limit_identity
 from service.chat import ChatService
-from service.db import alchemy_config
+from service.db import alchemy_config, migrate
 from service.dependencies import DEPENDENCIES
 from service.documents import DocumentService
+from service.job_kinds import job_kinds
 from service.jobs import JobRunner
 from service.middleware import (
     REQUEST_ID,
@@ -101,7 +103,10 @@ def create_app(settings: Settings | None = None, *, backend: GenerationBackend |
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        await db.create_all_metadata(app)
+        import anyio
+
+        before = await anyio.to_thread.run_sync(migrate, settings)
+        logger.info("database schema: revision %s -> head", before or "none")
         # Work outside a request (jobs, the request log, a stream's final turn) opens its own sessions.
         sessions: async_sessionmaker[AsyncSession] = db.create_session_maker()
         app.state.sessions = sessions
@@ -111,10 +116,6 @@ def create_app(settings: Settings | None = None, *, backend: GenerationBackend |
         if pruned:
             logger.info("request log: %d row(s) older than %s days deleted", pruned, settings.server.request_log_retention_days)
         app.state.request_log_budget = budget
-        runner = JobRunner(sessions)
-        recovered = await runner.recover()
-        if recovered:
-            logger.warning("%d job(s) from a previous run were interrupted; marked failed (resumable)", recovered)
         if settings.server.api_keys:
             logger.info("API keys configured: %d", len(settings.server.api_keys))
         else:
@@ -122,20 +123,25 @@ def create_app(settings: Settings | None = None, *, backend: GenerationBackend |
         if backend is not None:
             loaded = LoadedEngine(backend, tokenizer, {"engine": backend.name, "decoding": decoding_info(settings)})
         else:
-            import anyio
-
             loaded = await anyio.to_thread.run_sync(make_backend, settings)
         active_backend = loaded.backend
         state = ServiceState(settings, active_backend, loaded.tokenizer, engine_info=loaded.info)
         await state.start()
+        runner = JobRunner(sessions, job_kinds(state), settings.server)
         app.state.service_state = state
         app.state.chat_service = ChatService(state)
         app.state.job_runner = runner
         app.state.document_service = DocumentService(settings)
+        runner.start()
+        watcher = asyncio.create_task(state.watch(), name="pointer-watcher")
+        logger.info("replica %s: running jobs, following the shared pointers every %.1f s", runner.owner,
+                    settings.server.watch_interval_s)
         try:
             yield
         finally:
+            watcher.cancel()
             await runner.shutdown()
+            await asyncio.gather(watcher, return_exceptions=True)
             await active_backend.close()
 
     server = settings.server

@@ -3,10 +3,14 @@
 Everything is loaded once at start-up (in the app's lifespan) and replaced atomically: a chat request
 takes a reference to the current retriever and adapter when it starts and keeps using them, so an
 index swap or adapter switch never disturbs a request in flight.
+
+Replicas share the data directory: what one of them switches (the index ``CURRENT`` pointer, the active
+adapter and verifier) the others pick up by reading the same pointers every ``server.watch_interval_s``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +48,10 @@ class ServiceState:
     notes: list[str] = field(default_factory=list)
     # What the backend runs (inference.loader.LoadedEngine.info): engine, weights and their hash, decoding.
     engine_info: dict[str, Any] = field(default_factory=dict)
+    # Serializes swaps (a job's, a route's, the pointer watcher's).
+    _swap_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Pointer values the watcher failed to load, not retried until they change.
+    _unloadable: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def index_version(self) -> str | None:
@@ -64,6 +72,55 @@ class ServiceState:
         version = self.retriever.version
         logger.info("serving index %s (%d chunks, embedder %s)", version.name, len(version.chunks),
                     version.manifest.embedder_id)
+
+    async def swap_index(self) -> None:
+        """Open the ``CURRENT`` index version (off the event loop) and serve it."""
+        async with self._swap_lock:
+            await anyio.to_thread.run_sync(self.open_current_index)
+
+    async def follow_pointers(self) -> list[str]:
+        """Swap to what the shared pointers name when another replica (or the CLI) moved them; returns what
+        changed. Called every ``server.watch_interval_s`` by :meth:`watch`."""
+        changed: list[str] = []
+        settings = self.settings
+        current = index_store.current_version(settings.paths.index_dir)
+        if current is not None and current != self.index_version:
+            await self.swap_index()
+            changed.append(f"index {current}")
+        adapter = artifacts.active_id(settings, "adapter")
+        if adapter != self.active_adapter and self._unloadable.get("adapter", "") != adapter:
+            try:
+                async with self._swap_lock:
+                    await self._use_adapter(adapter)
+                changed.append(f"adapter {adapter}")
+            except Exception:
+                self._unloadable["adapter"] = adapter
+                logger.exception("the active adapter pointer names %r, which does not load here; still serving %r",
+                                 adapter, self.active_adapter)
+        verifier = artifacts.active_id(settings, "verifier")
+        serving = self.verifier.id if self.verifier else None
+        if verifier != serving and self._unloadable.get("verifier", "") != verifier:
+            try:
+                async with self._swap_lock:
+                    await self._use_verifier(verifier)
+                changed.append(f"verifier {verifier}")
+            except Exception:
+                self._unloadable["verifier"] = verifier
+                logger.exception("the active verifier pointer names %r, which does not load here; still serving %r",
+                                 verifier, serving)
+        return changed
+
+    async def watch(self) -> None:
+        """Follow the shared pointers until cancelled (the app's lifespan runs this as a task)."""
+        while True:
+            await asyncio.sleep(self.settings.server.watch_interval_s)
+            try:
+                changed = await self.follow_pointers()
+            except Exception:
+                logger.exception("reading the shared pointers failed; retrying")
+                continue
+            if changed:
+                logger.warning("followed the shared pointers: now serving %s", ", ".join(changed))
 
     async def start(self) -> None:
         """Open the index (building the configured sources when none exists) and load the active adapter."""
@@ -89,32 +146,40 @@ class ServiceState:
             logger.warning(note)
 
     async def activate_adapter(self, adapter_id: str | None) -> None:
-        """Load (if needed) and switch to an adapter, or back to the base model with ``None``."""
+        """Load (if needed) and switch to an adapter, or back to the base model with ``None``; the shared
+        pointer moves once it serves here, and the other replicas follow it."""
+        async with self._swap_lock:
+            served = await self._use_adapter(adapter_id)
+            artifacts.activate(self.settings, "adapter", served)
+
+    async def _use_adapter(self, adapter_id: str | None) -> str | None:
         if adapter_id is None:
-            artifacts.activate(self.settings, "adapter", None)
             self.active_adapter = None
-            return
+            return None
         artifact = artifacts.get_artifact(self.settings, "adapter", adapter_id)
         if not (artifact.path / "adapter").is_dir():
             raise NotFoundError(f"adapter artifact {adapter_id!r} has no adapter files")
         await self.backend.load_adapter(artifact.id, artifact.path / "adapter")
-        artifacts.activate(self.settings, "adapter", artifact.id)
         self.active_adapter = artifact.id
         self.notes = [n for n in self.notes if n != NO_ADAPTER_NOTE]
+        return artifact.id
 
     async def activate_verifier(self, verifier_id: str | None) -> None:
         """Load and switch to a verifier artifact, or turn the verifier off with ``None``. The one in use keeps
-        serving until the new one has loaded (and passed its checks)."""
+        serving until the new one has loaded (and passed its checks); then the shared pointer moves."""
+        async with self._swap_lock:
+            served = await self._use_verifier(verifier_id)
+            artifacts.activate(self.settings, "verifier", served)
+
+    async def _use_verifier(self, verifier_id: str | None) -> str | None:
         if verifier_id is None:
-            artifacts.activate(self.settings, "verifier", None)
             self.verifier = None
-            return
+            return None
         artifact = artifacts.get_artifact(self.settings, "verifier", verifier_id)
         from core.models import resolve_device
 
         device = resolve_device(self.settings)
         verifier = await anyio.to_thread.run_sync(lambda: Verifier.load(artifact.path, artifact.manifest, device))
-        artifacts.activate(self.settings, "verifier", artifact.id)
         self.verifier = verifier
         logger.info("verifier %s active (threshold %.4f)", verifier.id, verifier.threshold)
         trained_with = (artifact.manifest.get("index") or {}).get("embedder")
@@ -123,3 +188,4 @@ class ServiceState:
             logger.warning("verifier %s was trained on contexts retrieved with embedder %s; the index now uses %s: "
                            "retrain it (`tunerag train verifier`) if refusals drift", verifier.id, trained_with,
                            self.embedder_id)
+        return artifact.id

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).parent))
 
+from postgres import PostgresServer, start_server  # noqa: E402
 from tiny_models import build_tiny_causal_lm, build_tiny_sentence_transformer  # noqa: E402
 
 from core.settings import Settings, load_settings  # noqa: E402
@@ -52,3 +56,22 @@ def settings(tmp_path: Path, tiny_generator_dir: Path, tiny_embedder_dir: Path) 
 def real_cache_dir() -> Path:
     """The converted real generator is shared across slow tests (conversion takes ~15 s)."""
     return Path(os.environ.get("TUNERAG_TEST_CACHE_DIR", Path.home() / ".cache" / "tunerag"))
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL server for the session (skipped, with the reason, where the binaries are missing)."""
+    # Not under pytest's tmp dir: that is private to root, and the server runs as the postgres user.
+    root = Path(tempfile.mkdtemp(prefix="tunerag-pg-"))
+    server = start_server(root)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A fresh, empty database on the session's server."""
+    return postgres_server.create_database()

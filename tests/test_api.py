@@ -42,13 +42,15 @@ def make_tiny_adapter(settings: Settings, name: str = "adapter-test") -> artifac
                               keep=["adapter"])
 
 
-@pytest.fixture
-def api_settings(settings: Settings) -> Settings:
+@pytest.fixture(params=["sqlite", "postgres"])
+def api_settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
+    """Every API test runs on SQLite (the default) and on a real PostgreSQL server (a fresh database each)."""
+    database_url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
     return settings.model_copy(update={
         "generation": settings.generation.model_copy(update={"max_new_tokens": 6, "batch_wait_ms": 5}),
         "server": settings.server.model_copy(update={
             "api_keys": {ADMIN: ["chat", "admin"], CHAT: ["chat"]}, "max_request_bytes": 20_000,
-            "max_upload_bytes": 50_000, "rate_limit_per_minute": 1000}),
+            "max_upload_bytes": 50_000, "rate_limit_per_minute": 1000, "database_url": database_url}),
     })
 
 
@@ -282,7 +284,7 @@ def test_embedder_activation_rebuilds_and_swaps_the_index(client: TestClient, ap
     assert client.post("/v1/embedders/nope/activate", headers=H_ADMIN).status_code == 404
 
 
-def test_jobs_survive_a_restart_as_failed_and_resumable(api_settings: Settings) -> None:
+def test_jobs_a_stopped_process_left_are_run_again_or_failed_when_out_of_attempts(api_settings: Settings) -> None:
     import asyncio
 
     from service.db import Job, alchemy_config
@@ -291,20 +293,26 @@ def test_jobs_survive_a_restart_as_failed_and_resumable(api_settings: Settings) 
         job_id = c.post("/v1/index/refresh", headers=H_ADMIN).json()["id"]
         wait_job(c, job_id, H_ADMIN)
 
-    async def leave_a_running_job() -> str:
+    async def leave_jobs() -> tuple[str, str]:
+        # What a killed process leaves: running rows whose lease nobody renews (one with no lease at all).
         config = alchemy_config(api_settings)
         async with config.create_session_maker()() as session, session.begin():
-            job = Job(kind="index.rebuild", status="running", params={"rebuild": True}, progress={"stage": "embedding"})
-            session.add(job)
+            again = Job(kind="index.rebuild", status="running", params={"rebuild": True}, lane="index", attempts=1,
+                        progress={"stage": "embedding"}, owner="dead-replica")
+            spent = Job(kind="index.rebuild", status="running", params={"rebuild": True}, lane="index",
+                        attempts=api_settings.server.job_max_attempts, owner="dead-replica")
+            session.add_all([again, spent])
         await config.get_engine().dispose()
-        return str(job.id)
+        return str(again.id), str(spent.id)
 
-    stale = asyncio.run(leave_a_running_job())
+    again, spent = asyncio.run(leave_jobs())
     with TestClient(app=create_app(api_settings)) as c:
-        job = c.get(f"/v1/jobs/{stale}", headers=H_ADMIN).json()
-        assert job["status"] == "failed" and job["resumable"] is True and "interrupted" in job["error"]
+        rerun = wait_job(c, again, H_ADMIN)
+        assert rerun["status"] == "succeeded" and rerun["attempts"] == 2 and rerun["owner"] is None, rerun
+        failed = c.get(f"/v1/jobs/{spent}", headers=H_ADMIN).json()
+        assert failed["status"] == "failed" and failed["resumable"] is True and "interrupted" in failed["error"]
         assert c.get(f"/v1/jobs/{job_id}", headers=H_ADMIN).json()["status"] == "succeeded"
-        assert len(c.get("/v1/jobs", headers=H_ADMIN).json()) == 2
+        assert len(c.get("/v1/jobs", headers=H_ADMIN).json()) == 3
         assert c.get("/v1/jobs/7b1f6e3c-0000-4000-8000-000000000000", headers=H_ADMIN).status_code == 404
 
 

@@ -30,13 +30,17 @@ H_BOB = {"X-API-Key": BOB}
 
 
 @pytest.fixture
-def hostile_settings(settings: Settings) -> Settings:
+def hostile_settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
+    """SQLite, or a fresh database on the test PostgreSQL server where a test asks for ``postgres``."""
+    database = getattr(request, "param", "sqlite")
+    database_url = request.getfixturevalue("postgres_url") if database == "postgres" else None
     return settings.model_copy(update={
         "generation": settings.generation.model_copy(update={"max_new_tokens": 4, "batch_wait_ms": 5}),
         "server": settings.server.model_copy(update={
             "api_keys": {ADMIN: ["chat", "admin"], ALICE: ["chat"], BOB: ["chat"]},
             "max_request_bytes": 20_000, "max_upload_bytes": 50_000, "max_upload_request_bytes": 120_000,
-            "rate_limit_per_minute": 1000, "parse_timeout_s": 1.5, "parse_memory_mb": 256}),
+            "rate_limit_per_minute": 1000, "parse_timeout_s": 1.5, "parse_memory_mb": 256,
+            "database_url": database_url}),
     })
 
 
@@ -121,6 +125,7 @@ def test_chunked_bodies_are_limited_on_bytes_read(client: TestClient, hostile_se
 
 # --- 4. conversations belong to the key that started them ------------------------------------------------------
 
+@pytest.mark.parametrize("hostile_settings", ["sqlite", "postgres"], indirect=True)
 def test_a_key_cannot_read_continue_or_rate_another_keys_conversation(client: TestClient) -> None:
     mine = client.post("/v1/chat", json={"question": "How do I void a label?"}, headers=H_ALICE).json()
     cid = mine["conversation_id"]

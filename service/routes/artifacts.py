@@ -11,7 +11,7 @@ from litestar.params import FromPath
 from core import artifacts
 from service.auth import requires
 from service.db import Job
-from service.jobs import JobRunner, start_index_job
+from service.jobs import JobRunner
 from service.schemas import ArtifactOut, JobDTO
 from service.state import ServiceState
 
@@ -61,17 +61,12 @@ class ArtifactController(Controller):
             artifact = artifacts.get_artifact(settings, "embedder", embedder_id)
             target_id, location = artifact.id, str(artifact.path / "model")
 
-        async def mark_active() -> None:
-            artifacts.activate(settings, "embedder", target_id)
-
-        def base_location() -> str:
+        if location is None:
             from core.models import resolve_embedder
 
-            return resolve_embedder(settings).location
-
-        return await start_index_job(job_runner, service_state, "embedder.activate", rebuild=True,
-                                     embedder_location=location or base_location(),
-                                     params={"embedder": embedder_id}, after=mark_active)
+            location = resolve_embedder(settings).location
+        return await job_runner.submit("embedder.activate", {"embedder": embedder_id, "embedder_id": target_id,
+                                                             "embedder_location": location, "rebuild": True})
 
     @get("/verifiers", summary="Answerability verifier versions with their manifests.")
     async def verifiers(self, service_state: NamedDependency[ServiceState]) -> list[ArtifactOut]:

@@ -26,7 +26,7 @@ from core.prompt import validate_doc_id
 from service.auth import requires
 from service.db import Job
 from service.documents import DocumentService, StoredDocument, render_json_document, safe_file_name
-from service.jobs import JobRunner, start_index_job
+from service.jobs import JobRunner
 from service.schemas import DocumentsIn, JobDTO
 from service.state import ServiceState
 
@@ -113,7 +113,7 @@ class DocumentController(Controller):
             await anyio.to_thread.run_sync(document_service.discard_staging, staging)
         result: dict[str, Any] = {"accepted": added.accepted, "doc_ids": added.doc_ids}
         if refresh:
-            job = await start_index_job(job_runner, service_state, "index.refresh", rebuild=False)
+            job = await job_runner.submit("index.refresh", {"rebuild": False})
             result["job_id"] = str(job.id)
         return result
 
@@ -127,17 +127,17 @@ class DocumentController(Controller):
         sent = unquote(raw.decode("latin-1").split("?", 1)[0]).split("/v1/documents/", 1)[-1]
         doc_id = validate_doc_id(sent, "path")
         file_name = await anyio.to_thread.run_sync(document_service.delete, doc_id)
-        job = await start_index_job(job_runner, service_state, "index.refresh", rebuild=False)
+        job = await job_runner.submit("index.refresh", {"rebuild": False})
         return {"deleted": doc_id, "file": file_name, "job_id": str(job.id)}
 
     @post("/index/refresh", summary="Incremental reindex job (only new or changed documents are embedded).",
           status_code=202, return_dto=JobDTO)
     async def refresh(self, service_state: NamedDependency[ServiceState], job_runner: NamedDependency[JobRunner]) -> Job:
-        return await start_index_job(job_runner, service_state, "index.refresh", rebuild=False)
+        return await job_runner.submit("index.refresh", {"rebuild": False})
 
     @post("/index/rebuild", summary="Full rebuild job (re-embeds every document).", status_code=202, return_dto=JobDTO)
     async def rebuild(self, service_state: NamedDependency[ServiceState], job_runner: NamedDependency[JobRunner]) -> Job:
-        return await start_index_job(job_runner, service_state, "index.rebuild", rebuild=True)
+        return await job_runner.submit("index.rebuild", {"rebuild": True})
 
     @get("/jobs/{job_id:uuid}", summary="A job's status, progress (with ETA) and result.", return_dto=JobDTO)
     async def job(self, job_id: FromPath[uuid.UUID], job_runner: NamedDependency[JobRunner]) -> Job:

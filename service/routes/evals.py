@@ -15,13 +15,10 @@ from litestar.response import File
 from core.errors import ConflictError, NotFoundError
 from service.auth import requires
 from service.db import Job
+from service.job_kinds import eval_report_dir
 from service.jobs import JobRunner
 from service.schemas import EvalRequest, JobDTO
 from service.state import ServiceState
-
-
-def _report_dir(state: ServiceState, job_id: uuid.UUID):
-    return state.settings.paths.reports_dir / f"eval-{job_id}"
 
 
 class EvalController(Controller):
@@ -32,30 +29,14 @@ class EvalController(Controller):
     @post("/", summary="Start a prompt-only vs RAG vs FT vs combined evaluation job.", status_code=202,
           return_dto=JobDTO)
     async def start(self, data: EvalRequest, service_state: NamedDependency[ServiceState], job_runner: NamedDependency[JobRunner]) -> Job:
-        import anyio.from_thread
-
-        from eval.runner import EvalEngine, EvalOptions, run_evaluation
-
-        settings = service_state.settings
-
-        def work(job_id: uuid.UUID, progress) -> dict[str, Any]:
-            # The server's own backend answers the evaluation (from the job's worker thread, on the server's
-            # loop): the report describes what /v1/chat answers, and no second model is loaded.
-            engine = EvalEngine(service_state.backend, service_state.tokenizer, service_state.engine_info,
-                                anyio.from_thread.run, settings.eval.batch_size)
-            out = _report_dir(service_state, job_id)
-            options = EvalOptions(limit=data.limit, systems=tuple(data.systems) if data.systems else None, out_dir=out)
-            report = run_evaluation(settings, options, on_progress=progress, engine=engine)
-            return {"report_dir": str(out), "headline": report["headline"]}
-
-        return await job_runner.submit("eval", {"limit": data.limit, "systems": data.systems}, work, lane="eval")
+        return await job_runner.submit("eval", {"limit": data.limit, "systems": data.systems})
 
     @get("/{job_id:uuid}", summary="The evaluation's JSON report (or the job's status while it runs).")
     async def result(self, job_id: FromPath[uuid.UUID], service_state: NamedDependency[ServiceState], job_runner: NamedDependency[JobRunner]) -> Response[Any]:
         job = await job_runner.get(job_id)
         if job.kind != "eval":
             raise NotFoundError(f"job {job_id} is not an evaluation")
-        report = _report_dir(service_state, job_id) / "report.json"
+        report = eval_report_dir(service_state, job_id) / "report.json"
         if job.status != "succeeded" or not report.is_file():
             return Response({"id": str(job.id), "status": job.status, "progress": job.progress, "error": job.error},
                             status_code=202 if job.status in ("queued", "running") else 200)
@@ -64,7 +45,7 @@ class EvalController(Controller):
     @get("/{job_id:uuid}/report", summary="The self-contained HTML report.", media_type="text/html")
     async def report(self, job_id: FromPath[uuid.UUID], service_state: NamedDependency[ServiceState], job_runner: NamedDependency[JobRunner]) -> File:
         job = await job_runner.get(job_id)
-        path = _report_dir(service_state, job_id) / "report.html"
+        path = eval_report_dir(service_state, job_id) / "report.html"
         if job.status != "succeeded" or not path.is_file():
             raise ConflictError(f"evaluation {job_id} has no report yet (status: {job.status})")
         return File(path, media_type="text/html", content_disposition_type="inline")
