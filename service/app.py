@@ -34,7 +34,7 @@ from service.db import alchemy_config, migrate
 from service.dependencies import DEPENDENCIES
 from service.documents import DocumentService
 from service.job_kinds import job_kinds
-from service.jobs import JobRunner
+from service.jobs import JobRunner, replica_name
 from service.middleware import (
     REQUEST_ID,
     RequestLogBudget,
@@ -125,9 +125,10 @@ def create_app(settings: Settings | None = None, *, backend: GenerationBackend |
         else:
             loaded = await anyio.to_thread.run_sync(make_backend, settings)
         active_backend = loaded.backend
-        state = ServiceState(settings, active_backend, loaded.tokenizer, engine_info=loaded.info)
+        state = ServiceState(settings, active_backend, loaded.tokenizer, engine_info=loaded.info,
+                             replica=replica_name(settings.server))
         await state.start()
-        runner = JobRunner(sessions, job_kinds(state), settings.server)
+        runner = JobRunner(sessions, job_kinds(state), settings.server, owner=state.replica)
         app.state.service_state = state
         app.state.chat_service = ChatService(state)
         app.state.job_runner = runner

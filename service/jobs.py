@@ -67,11 +67,11 @@ class JobRunner:
     """Submits job rows, and runs the ones this replica claims."""
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], kinds: Mapping[str, JobKind],
-                 settings: ServerSettings) -> None:
+                 settings: ServerSettings, owner: str | None = None) -> None:
         self._sessions = sessions
         self._kinds = dict(kinds)
         self._settings = settings
-        self.owner = replica_name(settings)
+        self.owner = owner or replica_name(settings)
         self._lease = timedelta(seconds=settings.job_lease_s)
         self._tasks: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._live: dict[uuid.UUID, dict[str, Any]] = {}
@@ -204,7 +204,7 @@ class JobRunner:
                 asyncio.run_coroutine_threadsafe(self._mine(job_id, progress=self._live[job_id]), loop)
 
         renew = asyncio.create_task(self._renew(job_id), name=f"lease-{job_id}")
-        finished = dict(owner=None, lease_expires_at=None)
+        finished = dict(lease_expires_at=None)  # owner stays: which replica ran it
         try:
             # Abandoned on cancel (shutdown): the work is crash-safe, so the process need not wait for it.
             result = await anyio.to_thread.run_sync(kind.work, job_id, dict(job.params), progress,
@@ -219,7 +219,7 @@ class JobRunner:
                 handed_back = dict(status="failed", resumable=True, error=f"{HANDED_BACK}, out of attempts; start it again")
             else:
                 handed_back = dict(status="queued", progress={"stage": "queued", "note": HANDED_BACK})
-            await asyncio.shield(self._mine(job_id, **handed_back, **finished))
+            await asyncio.shield(self._mine(job_id, **handed_back, owner=None, **finished))
             raise
         except Exception as exc:
             logger.exception("job %s failed", job_id)

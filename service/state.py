@@ -48,6 +48,8 @@ class ServiceState:
     notes: list[str] = field(default_factory=list)
     # What the backend runs (inference.loader.LoadedEngine.info): engine, weights and their hash, decoding.
     engine_info: dict[str, Any] = field(default_factory=dict)
+    # This process's name among replicas (job leases, /ready).
+    replica: str = ""
     # Serializes swaps (a job's, a route's, the pointer watcher's).
     _swap_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # Pointer values the watcher failed to load, not retried until they change.

@@ -1,5 +1,5 @@
 """Helpers several test modules share: a browser that CI must have, /health polled during an attack, a fixed
-random LoRA on the real generator, a free local port, and waiting for a background job."""
+random LoRA on the real generator, a free local port, waiting for a background job, a tiny adapter artifact."""
 
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ def random_lora(settings: Any, folder: Path) -> tuple[Any, Any]:
     import torch
     from peft import LoraConfig, get_peft_model
 
+    from core import artifacts
     from core.models import load_generator
 
     model, tokenizer = load_generator(settings, fresh=True)
@@ -75,3 +76,23 @@ def wait_job(client: Any, job_id: str, headers: dict[str, str], timeout: float =
             return job
         time.sleep(0.1)
     raise AssertionError(f"job {job_id} did not finish")
+
+
+def make_tiny_adapter(settings: Any, name: str = "adapter-test") -> Any:
+    """A real peft LoRA adapter on the tiny generator, stored as a finished artifact (no training needed)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from core import artifacts
+    from core.models import load_generator
+
+    model, _ = load_generator(settings, fresh=True)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)  # a non-zero update, so the adapter changes outputs
+    workdir = artifacts.run_dir(settings, "adapter", name)
+    peft_model.save_pretrained(str(workdir / "adapter"))
+    return artifacts.finalize(settings, "adapter", name, {"created_at": artifacts.utc_now(), "stage": "sft"},
+                              keep=["adapter"])

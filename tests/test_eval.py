@@ -122,7 +122,7 @@ def eval_settings(settings: Settings) -> Settings:
 
 @pytest.fixture
 def with_artifacts(eval_settings: Settings) -> Settings:
-    from test_api import make_tiny_adapter
+    from helpers import make_tiny_adapter
     from tiny_models import build_tiny_sentence_transformer
 
     from core import artifacts

@@ -25,6 +25,7 @@ async def ready(service_state: NamedDependency[ServiceState | None]) -> Response
     return Response({
         "status": "ready" if problem is None else "unavailable",
         **({"problem": problem} if problem else {}),
+        "replica": service_state.replica,
         "generator": service_state.settings.models.generator,
         "engine": getattr(service_state.backend, "name", type(service_state.backend).__name__),
         "index_version": service_state.index_version,
