@@ -227,6 +227,13 @@ def ask(
         typer.echo("sources: " + ", ".join(dict.fromkeys(s["doc_id"] for s in answer.sources)), err=True)
 
 
+def _main_rank() -> bool:
+    """Under torchrun / accelerate launch only rank 0 reports and moves pointers (every rank trained)."""
+    from training import distributed
+
+    return distributed.is_main()
+
+
 @train_app.command("embedder")
 def train_embedder(
     ctx: typer.Context,
@@ -241,6 +248,8 @@ def train_embedder(
     cfg = _training_config(settings.train_embedder, EmbedderTrainingSettings, config, max_steps)
     with _library_output_to_stderr():
         artifact = run(settings, cfg)
+    if not _main_rank():
+        return
     summary = {k: artifact.manifest[k] for k in ("pairs", "metrics_before", "metrics_after", "wall_time_s")}
     typer.echo(json.dumps({"artifact": artifact.id, "path": str(artifact.path), **summary}, indent=2))
     typer.echo(f"next: `tunerag index --rebuild --embedder artifact:{artifact.id}` (or activate it through "
@@ -303,6 +312,8 @@ def train_generator(
             result = recipe.train_dpo(settings, dpo, artifacts.get_artifact(settings, "adapter", adapter), cfg)
         else:
             result = recipe.train_generator(settings, cfg, resume=resume)
+    if not _main_rank():
+        return
     if activate:
         artifacts.activate(settings, "adapter", result.id)
     keys = ("stage", "data", "trainable_fraction", "adapter_size_bytes", "final_train_loss", "final_validation_loss",

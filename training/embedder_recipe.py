@@ -44,6 +44,7 @@ from training.embedder_data import (
     synthetic_pairs,
     to_dataset,
 )
+from training import distributed
 from training.embedder_eval import DocRetrievalEvaluator
 
 if TYPE_CHECKING:
@@ -178,13 +179,16 @@ def train_embedder(settings: Settings, cfg: EmbedderTrainingSettings | None = No
         train_dataset = train_dataset.remove_columns(["doc_id"])
 
     # --- train
-    artifact_id = artifacts.new_artifact_id("embedder")
+    # Under torchrun every rank trains one run: rank 0 names it, and alone writes its files.
+    artifact_id = distributed.agree(lambda: artifacts.new_artifact_id("embedder"))
     workdir = artifacts.run_dir(settings, "embedder", artifact_id)
     workdir.mkdir(parents=True, exist_ok=True)
+    gather = distributed.world_size() > 1  # in-batch negatives from every rank, as in one process
     # A short run with nothing to resume: an interrupted or failed run leaves no half-written folder behind.
     try:
-        loss = (CachedMultipleNegativesRankingLoss(model, mini_batch_size=cfg.mini_batch_size)
-                if cfg.loss == "cached_mnrl" else MultipleNegativesRankingLoss(model))
+        loss = (CachedMultipleNegativesRankingLoss(model, mini_batch_size=cfg.mini_batch_size,
+                                                   gather_across_devices=gather)
+                if cfg.loss == "cached_mnrl" else MultipleNegativesRankingLoss(model, gather_across_devices=gather))
         if cfg.matryoshka_dims:
             loss = MatryoshkaLoss(model, loss, matryoshka_dims=cfg.matryoshka_dims)
         batch_size = min(cfg.per_device_train_batch_size, len(train_dataset))
@@ -198,7 +202,10 @@ def train_embedder(settings: Settings, cfg: EmbedderTrainingSettings | None = No
         if after:
             logger.info("after training: %s", {k: round(v, 4) for k, v in after.items()})
 
-        # --- save
+        # --- save (rank 0 alone; the others wait, then return the same artifact)
+        if not distributed.is_main():
+            distributed.barrier()
+            return artifacts.get_artifact(settings, "embedder", artifact_id)
         model.save(str(workdir / "model"))
         history = [{k: v for k, v in row.items() if isinstance(v, int | float)} for row in trainer.state.log_history]
         manifest: dict[str, Any] = {
@@ -220,11 +227,15 @@ def train_embedder(settings: Settings, cfg: EmbedderTrainingSettings | None = No
             "best_checkpoint": trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name,
             "global_steps": trainer.state.global_step,
             "log_history": history,
+            "distributed": {"processes": distributed.world_size(), "backend": distributed.backend(),
+                            "gather_across_devices": gather},
             "wall_time_s": round(time.perf_counter() - began, 1),
         }
         artifact = artifacts.finalize(settings, "embedder", artifact_id, manifest, keep=["model"])
     except BaseException:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if distributed.is_main():
+            shutil.rmtree(workdir, ignore_errors=True)
         raise
     logger.info("embedder artifact %s written to %s", artifact.id, artifact.path)
+    distributed.barrier()
     return artifact

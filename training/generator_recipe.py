@@ -33,6 +33,7 @@ from inference.refusal import REFUSAL_FILE, write_refusal
 from retrieval import index_store
 from retrieval.indexer import update_index
 from retrieval.search import Retriever, open_retriever
+from training import distributed
 from training.generator_data import (
     RaftConfig,
     TrainingRow,
@@ -246,17 +247,20 @@ def train_generator(settings: Settings, cfg: GeneratorTrainingSettings | None = 
         workdir = artifacts.run_dir(settings, "adapter", artifact_id)
         cfg = GeneratorTrainingSettings.model_validate_json((workdir / "config.json").read_text())
     else:
-        artifact_id = artifacts.new_artifact_id("adapter")
+        # Under torchrun every rank trains one run: rank 0 names it, and alone writes its files.
+        artifact_id = distributed.agree(lambda: artifacts.new_artifact_id("adapter"))
         workdir = artifacts.run_dir(settings, "adapter", artifact_id)
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(cfg.model_dump_json(indent=2))
+        if distributed.is_main():
+            workdir.mkdir(parents=True, exist_ok=True)
+            (workdir / "config.json").write_text(cfg.model_dump_json(indent=2))
     base = resolve_generator(settings)
     tokenizer = AutoTokenizer.from_pretrained(base.location)  # the model itself is loaded once, below
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
-    summary = (json.loads((workdir / DATA_DIR / "summary.json").read_text()) if resume
-               else prepare_data(settings, cfg, workdir, tokenizer))
+    if not resume:  # rank 0 builds the data set (retrieval, RAFT contexts) once; the others read it
+        distributed.on_main(lambda: prepare_data(settings, cfg, workdir, tokenizer))
+    summary = json.loads((workdir / DATA_DIR / "summary.json").read_text())
     train_rows, val_rows = read_rows(workdir, "train"), read_rows(workdir, "validation")
     to_dataset = lambda rows: Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])  # noqa: E731
 
@@ -292,7 +296,10 @@ def train_generator(settings: Settings, cfg: GeneratorTrainingSettings | None = 
     final_eval = ({"eval_loss": trainer.state.best_metric} if trainer.state.best_metric is not None
                   else trainer.evaluate())
 
-    # --- save
+    # --- save (rank 0 alone; the others wait, then return the same artifact)
+    if not distributed.is_main():
+        distributed.barrier()
+        return artifacts.get_artifact(settings, "adapter", artifact_id)
     trainer.model.save_pretrained(str(workdir / "adapter"))
     write_refusal(workdir / "adapter", summary["refusal_answer"], tokenizer,
                   (r["completion"] for r in train_rows if r["variant"] == "gold"))
@@ -317,10 +324,12 @@ def train_generator(settings: Settings, cfg: GeneratorTrainingSettings | None = 
         "global_steps": trainer.state.global_step,
         "resumed_from": checkpoint.name if checkpoint else None,
         "loss_curve": history,
+        "distributed": {"processes": distributed.world_size(), "backend": distributed.backend()},
         "wall_time_s": round(time.perf_counter() - began, 1),
     }
     artifact = artifacts.finalize(settings, "adapter", artifact_id, manifest, keep=["adapter", DATA_DIR])
     logger.info("adapter artifact %s written to %s", artifact.id, artifact.path)
+    distributed.barrier()
     return artifact
 
 
