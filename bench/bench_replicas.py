@@ -4,8 +4,10 @@ The packaged models (SmolLM2-135M GGUF on the llama.cpp engine, all-MiniLM-L6-v2
 a throwaway PostgreSQL server (Debian's binaries, as in the tests). Clients send ``POST /v1/chat`` (rag mode,
 short answers) round-robin over the replicas, as a load balancer would. Phases, in one run:
 
-    alone     load on replica A only                    -> answers/s, errors, latency
-    both      the same load spread over A and B         -> answers/s, errors; ratio to alone
+    alone     load on replica A only, its engine on every core       -> answers/s, errors, latency
+    both      the same load spread over A and B, restarted with the cores split between them
+              (``generation.threads``; two engines each on every core oversubscribe them)
+                                                        -> answers/s, errors; ratio to alone
     reindex   the same load on both while A is asked for a full rebuild (any replica may run it)
               -> errors during the rebuild (target 0), which replica ran it, and how long after the job
               finished each replica served the new version (polled every 50 ms)
@@ -122,6 +124,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--watch-interval", type=float, default=1.0)
+    parser.add_argument("--threads-per-replica", type=int, default=max(1, (os.cpu_count() or 2) // 2),
+                        help="llama.cpp threads of each replica when both run (default: half the cores)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-replicas-"))
@@ -138,9 +142,14 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "service.cli", "models", "prepare"], cwd=ROOT, env=env, check=True,
                        capture_output=True)
         a = Replica("a", env, work)
-        b = Replica("b", env, work)
         try:
             alone = asyncio.run(load([a.url], args.clients, args.seconds, args.max_tokens))
+        finally:
+            a.stop()
+        split = {**env, "TUNERAG_GENERATION__THREADS": str(args.threads_per_replica)}
+        a = Replica("a", split, work)
+        b = Replica("b", split, work)
+        try:
             both = asyncio.run(load([a.url, b.url], args.clients, args.seconds, args.max_tokens))
             reindex = asyncio.run(reindex_under_load(a, b, args.clients, args.max_tokens))
         finally:
@@ -150,7 +159,8 @@ def main() -> None:
         postgres.stop()
     emit("bench_replicas", {
         "setup": {"clients": args.clients, "seconds_per_phase": args.seconds, "max_tokens": args.max_tokens,
-                  "watch_interval_s": args.watch_interval, "database": "postgresql (throwaway, Debian binaries)"},
+                  "watch_interval_s": args.watch_interval, "threads_per_replica_when_both": args.threads_per_replica,
+                  "database": "postgresql (throwaway, Debian binaries)"},
         "alone": alone, "both": both,
         "both_vs_alone_answers_per_s": round(both["answers_per_s"] / max(alone["answers_per_s"], 1e-9), 3),
         "reindex": reindex,

@@ -440,6 +440,23 @@ class ServerSettings(BaseModel):
         "adapter.gguf's path (start it with --lora PATH/adapter.gguf --lora-init-without-apply), repeat_penalty.")
 
 
+class MonitoringSettings(BaseModel):
+    """Drift monitoring in the running service (``GET /v1/monitoring``, ``tunerag monitor``)."""
+
+    enabled: bool = True
+    window_size: int = Field(200, ge=10, description="Served queries kept (embedding, top score, refused): the "
+                             "only record of traffic; no query text is kept.")
+    min_window: int = Field(50, ge=5, description="Queries in the window before the first check.")
+    check_every: int = Field(25, ge=1, description="Run the drift tests every N served queries.")
+    history_size: int = Field(200, ge=1, description="Check summaries kept (numbers only).")
+    reference_max: int = Field(600, ge=10, description="Most reference questions (training chats + eval set).")
+    alpha: float = Field(0.01, gt=0, lt=1, description="p-value at or below which a test reports drift.")
+    auc_threshold: float = Field(0.6, gt=0.5, lt=1, description="Domain-classifier ROC AUC needed as well.")
+    permutations: int = Field(99, ge=19, description="Label permutations of the classifier test (p >= 1/(N+1)).")
+    novelty_quantile: float = Field(0.05, gt=0, lt=0.5, description="Share of reference-like questions the "
+                                    "novelty threshold lets through as novel (its expected rate without drift).")
+
+
 class Settings(BaseSettings):
     """Everything tunerag can be told. Build it with :func:`load_settings`."""
 
@@ -457,6 +474,7 @@ class Settings(BaseSettings):
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     train_embedder: EmbedderTrainingSettings = Field(default_factory=EmbedderTrainingSettings)
     train_generator: GeneratorTrainingSettings = Field(default_factory=GeneratorTrainingSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     train_verifier: VerifierTrainingSettings = Field(default_factory=VerifierTrainingSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)

@@ -106,6 +106,15 @@ class Retriever:
         return [[self._result(i, s) for i, s in zip(row_ids, row_scores, strict=True) if i >= 0]
                 for row_ids, row_scores in zip(ids, scores, strict=True)]
 
+    def embed_and_top_score(self, queries: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The queries' embeddings and each one's best dense score over the whole index (what drift monitoring
+        compares; hybrid scores are rank fusions, not comparable between indexes)."""
+        vectors = encode(self.embedder, list(queries), batch_size=self.config.embed_batch_size)
+        if self.version.index.ntotal == 0:
+            return vectors, np.zeros(len(queries), dtype=np.float32)
+        scores, _ = self.version.index.search(vectors, 1)
+        return vectors, scores[:, 0].astype(np.float32)
+
     def bm25_many(self, queries: Sequence[str], k: int, filters: Filters | None = None) -> list[list[SearchResult]]:
         n = len(self.version.chunk_order)
         if n == 0:

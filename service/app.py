@@ -35,6 +35,7 @@ from service.dependencies import DEPENDENCIES
 from service.documents import DocumentService
 from service.job_kinds import job_kinds
 from service.jobs import JobRunner, replica_name
+from service.monitoring import MonitorService
 from service.middleware import (
     REQUEST_ID,
     RequestLogBudget,
@@ -48,7 +49,7 @@ from service.routes.chat import ChatController
 from service.routes.documents import DocumentController
 from service.routes.evals import EvalController
 from service.routes.openai import OpenAIController
-from service.routes.ops import MetricsController, health, ready
+from service.routes.ops import MetricsController, health, monitoring, ready
 from service.state import ServiceState
 
 logger = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ def create_app(settings: Settings | None = None, *, backend: GenerationBackend |
             loaded = await anyio.to_thread.run_sync(make_backend, settings)
         active_backend = loaded.backend
         state = ServiceState(settings, active_backend, loaded.tokenizer, engine_info=loaded.info,
-                             replica=replica_name(settings.server))
+                             replica=replica_name(settings.server), monitoring=MonitorService(settings))
         await state.start()
         runner = JobRunner(sessions, job_kinds(state), settings.server, owner=state.replica)
         app.state.service_state = state
@@ -143,13 +144,14 @@ def create_app(settings: Settings | None = None, *, backend: GenerationBackend |
             watcher.cancel()
             await runner.shutdown()
             await asyncio.gather(watcher, return_exceptions=True)
+            state.monitoring.close()
             await active_backend.close()
 
     server = settings.server
     # Uploads get their own body limit (counted on the bytes received, chunked bodies included).
     uploads = Router(path="/", route_handlers=[DocumentController], request_max_body_size=server.max_upload_request_bytes)
     app = Litestar(
-        route_handlers=[health, ready, MetricsController, ChatController, OpenAIController, uploads,
+        route_handlers=[health, ready, monitoring, MetricsController, ChatController, OpenAIController, uploads,
                         ArtifactController, EvalController],
         lifespan=[lifespan],
         dependencies=DEPENDENCIES,

@@ -73,6 +73,7 @@ class Prepared:
     prompt: str
     timings: dict[str, float]
     judged: Answerability | None = None
+    question: str = ""
 
     @property
     def refuses(self) -> bool:
@@ -161,24 +162,23 @@ class ChatService:
             judged = await anyio.to_thread.run_sync(lambda: verifier.judge(question, passages))
             timings["verifier"] = (time.perf_counter() - began) * 1000
             if not judged.answerable:
-                return Prepared(p, results, "", timings, judged)
+                return Prepared(p, results, "", timings, judged, question)
         # Rendering and tokenizing cost grows with the history a client sends: never on the event loop.
         prompt = await anyio.to_thread.run_sync(self._prompt, p, question, results, history, instructions)
-        return Prepared(p, results, prompt, timings, judged)
+        return Prepared(p, results, prompt, timings, judged, question)
 
     def _refusal(self, ready: Prepared, began: float) -> Answer:
         """The verifier's refusal: no generation, nothing cited."""
         assert ready.judged is not None and ready.plan.verifier is not None
-        answer = self._answer(ready, ready.plan.verifier.refusal, 0, 0,
-                              {**ready.timings, "generation": 0.0, "total": (time.perf_counter() - began) * 1000}, "stop")
-        answer.refused = True
-        return answer
+        return self._answer(ready, ready.plan.verifier.refusal, 0, 0,
+                            {**ready.timings, "generation": 0.0, "total": (time.perf_counter() - began) * 1000}, "stop",
+                            refused=True)
 
     def _count_tokens(self, *texts: str) -> list[int]:
         return [len(self.state.tokenizer(t, add_special_tokens=False).input_ids) for t in texts]
 
     def _answer(self, ready: Prepared, text: str, prompt_tokens: int, completion_tokens: int,
-                timings: dict[str, float], finish_reason: str) -> Answer:
+                timings: dict[str, float], finish_reason: str, refused: bool | None = None) -> Answer:
         p, results = ready.plan, ready.results
         context_ids = [r.doc_id for r in results or []]
         cited = cited_ids(text, context_ids)
@@ -186,10 +186,14 @@ class ChatService:
         ordered = sorted(results or [], key=lambda r: (r.doc_id not in cited, cited.index(r.doc_id) if r.doc_id in cited else 0))
         version = p.retriever.version if p.retriever else None
         phrase = self.state.settings.eval.refusal_phrase.lower()
+        if refused is None:
+            refused = bool(phrase) and phrase in text.lower()
+        if self.state.monitoring is not None:  # numbers only, computed after the answer, off the loop
+            self.state.monitoring.observe(ready.question, refused)
         return Answer(text, p.mode, p.adapter, version.name if version else None,
                       version.manifest.embedder_id if version else None, [_source(r) for r in ordered], cited,
                       prompt_tokens, completion_tokens, {k: round(v, 1) for k, v in timings.items()},
-                      p.notes, ready.prompt, finish_reason, refused=bool(phrase) and phrase in text.lower(),
+                      p.notes, ready.prompt, finish_reason, refused=refused,
                       answerability=ready.judged.to_json() if ready.judged else None)
 
     async def answer(self, question: str, history: Sequence[Message] = (), mode: str = "combined",

@@ -323,6 +323,37 @@ def train_generator(
                           default=str))
 
 
+@app.command("monitor")
+def monitor(
+    ctx: typer.Context,
+    url: Annotated[str | None, typer.Option("--url", help="The running API (default: server.host:server.port).")] = None,
+    api_key: Annotated[str | None, typer.Option("--api-key", envvar="TUNERAG_API_KEY", help="An admin key.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="HTML page (default: data_dir/reports/monitoring.html).")] = None,
+) -> None:
+    """Drift of the running server's traffic against its artifacts: print the tests, write a page with plots."""
+    import httpx
+
+    from monitoring.page import render_page
+
+    settings = _settings(ctx)
+    base = (url or f"http://{settings.server.host}:{settings.server.port}").rstrip("/")
+    try:
+        response = httpx.get(f"{base}/v1/monitoring", headers={"X-API-Key": api_key} if api_key else {}, timeout=30)
+    except httpx.HTTPError as exc:
+        raise TuneragError(f"cannot reach {base}: {exc}") from exc
+    if response.status_code != 200:
+        raise TuneragError(f"{base}/v1/monitoring answered {response.status_code}: {response.text[:300]}")
+    status = response.json()
+    target = out or settings.paths.reports_dir / "monitoring.html"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(target.suffix + ".tmp")
+    tmp.write_text(render_page(status))
+    tmp.replace(target)
+    last = status.get("last_check") or {}
+    typer.echo(json.dumps({"drift_detected": status.get("drift_detected"), "window": status.get("window"),
+                           "tests": last.get("tests"), "page": str(target)}, indent=2))
+
+
 @app.command("eval")
 def evaluate(
     ctx: typer.Context,

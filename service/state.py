@@ -50,6 +50,8 @@ class ServiceState:
     engine_info: dict[str, Any] = field(default_factory=dict)
     # This process's name among replicas (job leases, /ready).
     replica: str = ""
+    # Drift monitoring of served queries (service.monitoring.MonitorService; Any: resolved at runtime by DI).
+    monitoring: Any = None
     # Serializes swaps (a job's, a route's, the pointer watcher's).
     _swap_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # Pointer values the watcher failed to load, not retried until they change.
@@ -76,9 +78,12 @@ class ServiceState:
                     version.manifest.embedder_id)
 
     async def swap_index(self) -> None:
-        """Open the ``CURRENT`` index version (off the event loop) and serve it."""
+        """Open the ``CURRENT`` index version (off the event loop) and serve it; the drift monitor's reference
+        follows it."""
         async with self._swap_lock:
             await anyio.to_thread.run_sync(self.open_current_index)
+        if self.monitoring is not None:
+            await self.monitoring.rebuild_async(self.retriever)
 
     async def follow_pointers(self) -> list[str]:
         """Swap to what the shared pointers name when another replica (or the CLI) moved them; returns what
@@ -131,6 +136,8 @@ class ServiceState:
             embedder = artifacts.active_embedder_location(self.settings)
             await anyio.to_thread.run_sync(lambda: update_index(self.settings, embedder_location=embedder))
         await anyio.to_thread.run_sync(self.open_current_index)
+        if self.monitoring is not None:
+            await self.monitoring.rebuild_async(self.retriever)
         adapter_id = artifacts.active_id(self.settings, "adapter")
         if adapter_id:
             await self.activate_adapter(adapter_id)

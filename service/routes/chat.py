@@ -148,7 +148,8 @@ class ChatController(Controller):
 
     @post("/chat/{conversation_id:uuid}/feedback", summary="Rate an answer (defaults to the latest one).", status_code=201)
     async def feedback(self, conversation_id: FromPath[uuid.UUID], data: FeedbackRequest, request: Request,
-                       db_session: AsyncSession) -> Response[FeedbackResponse]:
+                       db_session: AsyncSession,
+                       service_state: NamedDependency[ServiceState]) -> Response[FeedbackResponse]:
         await owned_conversation(db_session, conversation_id, request)
         query = select(Message).where(Message.conversation_id == conversation_id, Message.role == "assistant")
         if data.message_id is not None:
@@ -167,4 +168,6 @@ class ChatController(Controller):
         else:
             feedback.rating, feedback.comment = data.rating, data.comment
         await db_session.flush()
+        if service_state.monitoring is not None:
+            service_state.monitoring.feedback(data.rating)
         return Response(FeedbackResponse(feedback.id, message.id, feedback.rating), status_code=200 if replaced else 201)

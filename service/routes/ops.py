@@ -1,4 +1,4 @@
-"""Operations: liveness, readiness and Prometheus metrics."""
+"""Operations: liveness, readiness, drift monitoring and Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ from typing import Any
 
 from litestar import Response, get
 from litestar.di import NamedDependency
+from litestar.exceptions import ServiceUnavailableException
 from litestar.plugins.prometheus import PrometheusController
 
+from service.auth import requires
 from service.state import ServiceState
 
 
@@ -35,6 +37,14 @@ async def ready(service_state: NamedDependency[ServiceState | None]) -> Response
         "verifier": service_state.verifier.id if service_state.verifier else None,
         "notes": service_state.notes,
     }, status_code=200 if problem is None else 503)
+
+
+@get("/v1/monitoring", tags=["ops"], guards=[requires("admin")],
+     summary="Drift of served queries against the artifacts' questions: tests, p-values, window (numbers only).")
+async def monitoring(service_state: NamedDependency[ServiceState | None]) -> dict[str, Any]:
+    if service_state is None or service_state.monitoring is None:
+        raise ServiceUnavailableException("the service is starting")
+    return service_state.monitoring.status()
 
 
 class MetricsController(PrometheusController):
