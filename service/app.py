@@ -35,7 +35,6 @@ from service.dependencies import DEPENDENCIES
 from service.documents import DocumentService
 from service.job_kinds import job_kinds
 from service.jobs import JobRunner, replica_name
-from service.monitoring import MonitorService
 from service.middleware import (
     REQUEST_ID,
     RequestLogBudget,
@@ -44,6 +43,7 @@ from service.middleware import (
     request_id_middleware,
     request_log_middleware,
 )
+from service.monitoring import MonitorService
 from service.routes.artifacts import ArtifactController
 from service.routes.chat import ChatController
 from service.routes.documents import DocumentController

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import anyio
@@ -61,6 +61,8 @@ class Answer:
     finish_reason: str = "stop"
     refused: bool = False
     answerability: dict[str, Any] | None = None
+    # The passages exactly as the prompt showed them (stored with the turn: feedback export trains on them).
+    context: list[dict[str, str]] | None = None
 
 
 @dataclass
@@ -194,7 +196,8 @@ class ChatService:
                       version.manifest.embedder_id if version else None, [_source(r) for r in ordered], cited,
                       prompt_tokens, completion_tokens, {k: round(v, 1) for k, v in timings.items()},
                       p.notes, ready.prompt, finish_reason, refused=refused,
-                      answerability=ready.judged.to_json() if ready.judged else None)
+                      answerability=ready.judged.to_json() if ready.judged else None,
+                      context=None if results is None else [asdict(r.to_passage()) for r in results])
 
     async def answer(self, question: str, history: Sequence[Message] = (), mode: str = "combined",
                      top_k: int | None = None, filters: dict[str, Any] | None = None, *,

@@ -30,7 +30,9 @@ app = typer.Typer(
 models_app = typer.Typer(help="Prepare and inspect the generator and embedder.", no_args_is_help=True)
 train_app = typer.Typer(help="Fine-tune the embedder, the generator or the answerability verifier.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+feedback_app = typer.Typer(help="Users' ratings into training data.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
+app.add_typer(feedback_app, name="feedback")
 
 
 
@@ -292,6 +294,8 @@ def train_generator(
     adapter: Annotated[str, typer.Option(help="Adapter for --dpo / --merge: an id, 'latest' or 'active'.")] = "latest",
     out: Annotated[Path | None, typer.Option("--out", help="Folder for --merge (default: data_dir/exports/<id>).")] = None,
     activate: Annotated[bool, typer.Option("--activate/--no-activate", help="Make the new adapter the active one.")] = True,
+    with_feedback: Annotated[Path | None, typer.Option("--with-feedback", help="A `tunerag feedback export` folder: "
+                                                       "its chat examples join the training chats.")] = None,
 ) -> None:
     """Fine-tune the generator with LoRA on grounded chat examples (or --dpo / --merge an adapter)."""
     from core import artifacts
@@ -300,6 +304,12 @@ def train_generator(
 
     settings = _settings(ctx)
     cfg = _training_config(settings.train_generator, GeneratorTrainingSettings, config, max_steps)
+    if with_feedback is not None:
+        chats = with_feedback / "feedback_chats.jsonl"
+        if not chats.is_file():
+            raise TuneragError(f"{with_feedback} has no feedback_chats.jsonl: run `tunerag feedback export --out "
+                               f"{with_feedback}` first")
+        cfg = cfg.model_copy(update={"chat_files": [*cfg.chat_files, chats]})
     if merge:
         source = artifacts.get_artifact(settings, "adapter", adapter)
         with _library_output_to_stderr():
@@ -321,6 +331,20 @@ def train_generator(
     summary = {k: result.manifest[k] for k in keys if k in result.manifest}
     typer.echo(json.dumps({"artifact": result.id, "path": str(result.path), "active": activate, **summary}, indent=2,
                           default=str))
+
+
+@feedback_app.command("export")
+def feedback_export(
+    ctx: typer.Context,
+    out: Annotated[Path | None, typer.Option("--out", help="Folder (default: data_dir/feedback/latest).")] = None,
+) -> None:
+    """Rated answers into chat examples (up-rated, corrected) and DPO pairs (correction over the original)."""
+    from service.feedback_export import export_feedback
+
+    settings = _settings(ctx)
+    target = out or settings.paths.data_dir / "feedback" / "latest"
+    card = export_feedback(settings, target)
+    typer.echo(json.dumps({"out": str(target), **card}, indent=2, default=str))
 
 
 @app.command("monitor")

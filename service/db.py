@@ -89,6 +89,8 @@ class Feedback(UUIDAuditBase):
     message_id: Mapped[Any] = mapped_column(ForeignKey("message.id", ondelete="CASCADE"))
     rating: Mapped[str] = mapped_column(String(8))
     comment: Mapped[str | None] = mapped_column(Text, default=None)
+    # What the answer should have been (a down rating only): a corrected training example and a DPO pair.
+    correction: Mapped[str | None] = mapped_column(Text, default=None)
 
 
 class RequestLog(UUIDAuditBase):

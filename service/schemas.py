@@ -72,6 +72,8 @@ class FeedbackRequest(Struct, forbid_unknown_fields=True):
     rating: Literal["up", "down"]
     message_id: uuid.UUID | None = None
     comment: Annotated[str, Meta(max_length=4000)] | None = None
+    # The answer it should have been (with a "down" rating); its [doc-id] citations must name indexed documents.
+    correction: Annotated[str, Meta(min_length=1, max_length=8000)] | None = None
 
 
 class FeedbackResponse(Struct):

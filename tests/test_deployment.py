@@ -9,11 +9,11 @@ import re
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import httpx
 import pytest
+import tomllib
 import yaml
 from helpers import free_port
 

@@ -48,6 +48,8 @@ class ChatExample:
     answer: str
     doc_ids: tuple[str, ...]
     line: int
+    # The exact passages the answer was given (feedback examples): used verbatim instead of retrieval.
+    context: tuple[ContextPassage, ...] | None = None
 
     @property
     def history_messages(self) -> list[Message]:
@@ -80,8 +82,15 @@ def load_chat_jsonl(path: Path) -> list[ChatExample]:
         doc_ids = row.get("doc_ids", [])
         if not isinstance(doc_ids, list) or not all(isinstance(d, str) for d in doc_ids):
             raise InvalidInputError(f"{where}: 'doc_ids' must be a list of strings")
+        context = row.get("context")
+        if context is not None:
+            if not isinstance(context, list) or not all(
+                    isinstance(p, dict) and all(isinstance(p.get(k), str) for k in ("doc_id", "title", "text"))
+                    for p in context):
+                raise InvalidInputError(f"{where}: 'context' must be a list of {{doc_id, title, text}} strings")
+            context = tuple(ContextPassage(p["doc_id"], p["title"], p["text"]) for p in context)
         examples.append(ChatExample(str(row.get("id") or f"{path.stem}-{n}"), tuple(turns[:-2]), turns[-2][1],
-                                    turns[-1][1], tuple(doc_ids), n))
+                                    turns[-1][1], tuple(doc_ids), n, context))
     return examples
 
 
@@ -178,6 +187,8 @@ def _passages_for(ex: ChatExample, variant: Variant, retriever: Retriever, k: in
     """The context of one row; ``other`` (distractor rows only) is the question whose passages are used."""
     if variant == "no_context":
         return None
+    if ex.context is not None and variant == "gold":
+        return list(ex.context)  # what the answer was actually given (a user-rated turn)
     results = retriever.search((other or ex).question, k=k * (3 + offset))
     gold = set(ex.doc_ids)
     if variant == "distractors":

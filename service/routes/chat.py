@@ -16,7 +16,8 @@ from msgspec import to_builtins
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from core.errors import NotFoundError
+from core.errors import InvalidInputError, NotFoundError
+from core.prompt import CITATION
 from core.prompt import Message as PromptMessage
 from service.auth import is_admin, known_key, presented_key, requires
 from service.chat import Answer, ChatService, stream_errors
@@ -57,6 +58,18 @@ async def load_history(session: AsyncSession, conversation_id: uuid.UUID | None,
     return [{"role": m.role, "content": m.content} for m in reversed(latest)]
 
 
+def check_correction(correction: str, rating: str, state: ServiceState) -> None:
+    """A correction comes with a "down" rating, and cites only documents the index holds (4xx naming them)."""
+    if rating != "down":
+        raise InvalidInputError("a correction is what a bad answer should have been: send it with rating 'down'")
+    if not correction.strip():
+        raise InvalidInputError("correction is empty")
+    known = set(state.retriever.version.manifest.documents) if state.retriever else set()
+    unknown = sorted({m.group(1) for m in CITATION.finditer(correction)} - known)
+    if unknown:
+        raise InvalidInputError(f"correction cites documents the index does not hold: {unknown}")
+
+
 async def store_turn(session: AsyncSession, conversation_id: uuid.UUID | None, question: str, answer: Answer,
                      owner: str | None) -> tuple[uuid.UUID, uuid.UUID]:
     """Add the question and the answer (with how it was produced) to the conversation, creating it if needed."""
@@ -64,7 +77,7 @@ async def store_turn(session: AsyncSession, conversation_id: uuid.UUID | None, q
                "embedder": answer.embedder, "sources": answer.sources, "cited_doc_ids": answer.cited_doc_ids,
                "usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens},
                "timings_ms": answer.timings_ms, "notes": answer.notes, "finish_reason": answer.finish_reason,
-               "refused": answer.refused, "answerability": answer.answerability}
+               "refused": answer.refused, "answerability": answer.answerability, "context": answer.context}
     if conversation_id is None:
         conversation = Conversation(api_key_id=owner)
         session.add(conversation)
@@ -158,15 +171,18 @@ class ChatController(Controller):
         if message is None:
             what = f"message {data.message_id}" if data.message_id else "an answer"
             raise NotFoundError(f"{what} not found in conversation {conversation_id}")
+        if data.correction is not None:
+            check_correction(data.correction, data.rating, service_state)
         # One rating per answer: rating it again (a change of mind, a client retrying) replaces the rating.
         feedback = (await db_session.execute(select(Feedback).where(Feedback.message_id == message.id)
                                              .order_by(Feedback.created_at))).scalars().first()
         replaced = feedback is not None
         if feedback is None:
-            feedback = Feedback(message_id=message.id, rating=data.rating, comment=data.comment)
+            feedback = Feedback(message_id=message.id, rating=data.rating, comment=data.comment,
+                                correction=data.correction)
             db_session.add(feedback)
         else:
-            feedback.rating, feedback.comment = data.rating, data.comment
+            feedback.rating, feedback.comment, feedback.correction = data.rating, data.comment, data.correction
         await db_session.flush()
         if service_state.monitoring is not None:
             service_state.monitoring.feedback(data.rating)

@@ -1,0 +1,111 @@
+"""Users' ratings into the next training round: corrections through the API (validated), ``feedback export``
+(the stated rule, lineage, the exact passages), and training with the exported examples."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from litestar.testing import TestClient
+
+from core.errors import InvalidInputError
+from core.jsonl import read_jsonl
+from core.settings import SAMPLE_DIR, Settings
+from service.app import create_app
+from service.feedback_export import export_feedback
+from training.generator_data import build_rows, load_chat_jsonl
+
+H = {"X-API-Key": "chat-key"}
+
+
+@pytest.fixture
+def api_settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={
+        "generation": settings.generation.model_copy(update={"max_new_tokens": 4, "batch_wait_ms": 1}),
+        "server": settings.server.model_copy(update={"api_keys": {"chat-key": ["chat"]}, "rate_limit_per_minute": 10_000}),
+    })
+
+
+def ask(client: TestClient, question: str) -> dict:
+    answer = client.post("/v1/chat", json={"question": question, "mode": "rag"}, headers=H)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def rate(client: TestClient, answer: dict, rating: str, correction: str | None = None):
+    body = {"rating": rating, "message_id": answer["message_id"], **({"correction": correction} if correction else {})}
+    return client.post(f"/v1/chat/{answer['conversation_id']}/feedback", json=body, headers=H)
+
+
+def test_feedback_export_applies_the_rule_keeps_lineage_and_the_exact_context(api_settings: Settings,
+                                                                              tmp_path: Path) -> None:
+    out = tmp_path / "feedback"
+    with TestClient(app=create_app(api_settings)) as client:
+        with pytest.raises(InvalidInputError, match="no usable feedback"):
+            export_feedback(api_settings, out)
+        assert not out.exists()  # nothing written
+        good = ask(client, "How do I void a label?")
+        bad = ask(client, "Where is my refund?")
+        unhelpful = ask(client, "How do I add a team member?")
+        again = ask(client, "how do I  void a label?")  # the same question: one winner
+        correction = "Hi there!\n\nRefunds reach your card within 5 business days. [billing-refunds]\n\n— Parcelly Support"
+        assert rate(client, good, "up").status_code == 201
+        assert rate(client, unhelpful, "down").status_code == 201
+        assert rate(client, again, "up").status_code == 201
+        # Bad corrections are refused with the reason, and store nothing.
+        unknown = rate(client, bad, "down", "See [no-such-doc] and [billing-refunds].")
+        assert unknown.status_code == 422 and "no-such-doc" in unknown.json()["detail"]
+        assert "billing-refunds" not in unknown.json()["detail"]
+        upvoted = rate(client, bad, "up", correction)
+        assert upvoted.status_code == 422 and "down" in upvoted.json()["detail"]
+        too_long = rate(client, bad, "down", "x" * 8001)
+        assert too_long.status_code == 400 and "correction" in too_long.text
+        assert rate(client, bad, "down", correction).status_code == 201
+        stored = client.get(f"/v1/conversations/{bad['conversation_id']}", headers=H).json()["messages"][1]
+        given = stored["details"]["context"]
+
+    card = export_feedback(api_settings, out)
+    assert card["counts"] == {"rated": 4, "up": 1, "corrections": 1, "down_without_correction": 1, "superseded": 1,
+                              "chat_examples": 2, "dpo_pairs": 1}
+    chats = [row for _, row in read_jsonl(out / "feedback_chats.jsonl")]
+    by_message = {c["lineage"]["message_id"]: c for c in chats}
+    assert set(by_message) == {again["message_id"], bad["message_id"]}  # the most recent up-rating won
+    corrected = by_message[bad["message_id"]]
+    assert corrected["messages"][-1]["content"] == correction and corrected["doc_ids"] == ["billing-refunds"]
+    assert corrected["lineage"]["conversation_id"] == bad["conversation_id"]
+    assert corrected["context"] == given and given and all(p["text"] for p in given)
+    pair = json.loads((out / "feedback_dpo.jsonl").read_text())
+    assert pair["chosen"] == correction and pair["rejected"] == bad["answer"] and pair["context"] == given
+
+    # The training data reads the exported passages verbatim into the serving prompt.
+    from core.models import load_generator
+    from core.prompt import load_template
+    from retrieval.search import open_retriever
+    from training.generator_data import RaftConfig
+
+    examples = load_chat_jsonl(out / "feedback_chats.jsonl")
+    _, tokenizer = load_generator(api_settings)
+    rows = build_rows(examples, open_retriever(api_settings), load_template(api_settings), tokenizer,
+                      RaftConfig(top_k=4, golden_fraction=1.0, no_context_fraction=0.0, seed=0,
+                                 unanswerable_repeats=1, distractor_source="near"),
+                      None, variant="gold")
+    row = next(r for r in rows if r.id == corrected["id"])
+    assert all(p["text"][:60] in row.prompt for p in given)
+    assert row.context_doc_ids == [p["doc_id"] for p in given]
+
+
+def test_training_with_feedback_adds_the_exported_examples(api_settings: Settings, tmp_path: Path) -> None:
+    from training.generator_recipe import train_generator
+
+    out = tmp_path / "feedback"
+    out.mkdir()
+    lines = (SAMPLE_DIR / "chat_train.jsonl").read_text().splitlines()[:20]
+    feedback = [json.loads(line) | {"id": f"feedback-{i}", "lineage": {"message_id": str(i)}} for i, line in enumerate(lines[:6])]
+    (out / "feedback_chats.jsonl").write_text("".join(json.dumps(f) + "\n" for f in feedback))
+    base = tmp_path / "chats.jsonl"
+    base.write_text("\n".join(lines[6:]) + "\n")
+    cfg = api_settings.train_generator.model_copy(update={
+        "chat_files": [base, out / "feedback_chats.jsonl"], "max_steps": 1, "per_device_train_batch_size": 2})
+    artifact = train_generator(api_settings, cfg)
+    assert str(out / "feedback_chats.jsonl") in artifact.manifest["data"]["sources"]
