@@ -257,6 +257,19 @@ class EmbedderTrainingSettings(BaseModel):
     seed: int = 42
 
 
+class ForgettingSettings(BaseModel):
+    """The catastrophic-forgetting check run after every generator run (``training/forgetting.py``)."""
+
+    enabled: bool = True
+    passages: int = Field(24, ge=1, description="General-text paragraphs scored for perplexity.")
+    passage_chars: int = Field(600, ge=100)
+    instructions: int = Field(8, ge=1, description="General instructions answered greedily by base and adapter.")
+    max_new_tokens: int = Field(48, ge=1)
+    max_perplexity_increase: float = Field(0.10, ge=0, description="Warn above this relative perplexity rise.")
+    min_instruction_agreement: float = Field(0.5, ge=0, le=1, description="Warn below this ROUGE-L agreement "
+                                             "of the adapter's general answers with the base model's.")
+
+
 class GeneratorTrainingSettings(BaseModel):
     """Defaults for `tunerag train generator` (peft / TRL argument names)."""
 
@@ -307,6 +320,7 @@ class GeneratorTrainingSettings(BaseModel):
         True, description="Batch examples of similar length (less padding: each CPU step computes fewer tokens)."
     )
     max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: run all epochs).")
+    forgetting: ForgettingSettings = Field(default_factory=ForgettingSettings)
     eval_steps: int | None = Field(None, gt=0, description="Evaluate/save every N steps (default: each epoch).")
     early_stopping_patience: int = Field(2, ge=1)
     dpo_beta: float = Field(0.1, gt=0)

@@ -90,6 +90,12 @@ def markdown(report: dict[str, Any]) -> str:
               f"`{(report['models']['adapter'] or {}).get('id')}`; fine-tuned embedder "
               f"`{(report['models']['finetuned_embedder'] or {}).get('id')}`; eval set sha256 "
               f"`{report['data']['eval_file_sha256'][:12]}`; wall time {report['wall_time_s']} s."]
+    forgot = (report["models"]["adapter"] or {}).get("forgetting")
+    if forgot:
+        lines += ["", f"Forgetting check of the adapter: general-text perplexity {forgot['perplexity']['base']} -> "
+                      f"{forgot['perplexity']['adapter']} ({forgot['perplexity']['change']:+.1%}); general answers' "
+                      f"ROUGE-L agreement with the base model {forgot['instruction_agreement_rouge_l']['mean']}; "
+                      + ("; ".join(forgot["warnings"]) if forgot["warnings"] else "within thresholds") + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -139,6 +145,11 @@ select{font-size:14px;max-width:100%}.ok{color:#0a6}.bad{color:#b00}
 <p>{{ data.questions }} questions ({{ data.answerable }} answerable) from <code>{{ data.eval_file }}</code>;
 generator <code>{{ models.generator }}</code>, adapter <code>{{ (models.adapter or {}).get('id') }}</code>,
 fine-tuned embedder <code>{{ (models.finetuned_embedder or {}).get('id') }}</code>. Wall time {{ wall_time_s }} s.</p>
+{% set forgot = (models.adapter or {}).get('forgetting') %}{% if forgot %}
+<p id="forgetting">Forgetting check of the adapter (general text, {{ forgot.source }}): perplexity
+{{ forgot.perplexity.base }} &rarr; {{ forgot.perplexity.adapter }} ({{ '%+.1f' % (100 * forgot.perplexity.change) }}%),
+general answers' agreement with the base model ROUGE-L {{ forgot.instruction_agreement_rouge_l.mean }}
+{% if forgot.warnings %}<span class="bad">{{ forgot.warnings | join('; ') }}</span>{% else %}<span class="ok">within thresholds</span>{% endif %}.</p>{% endif %}
 <h2>Systems</h2>
 <table><tr><th>system</th><th>what it is</th><th>status</th></tr>
 {% for name, s in systems.items() %}<tr><td id="system-{{ name }}">{{ name }}</td><td>{{ s.description }}</td>

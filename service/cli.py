@@ -327,10 +327,12 @@ def train_generator(
     if activate:
         artifacts.activate(settings, "adapter", result.id)
     keys = ("stage", "data", "trainable_fraction", "adapter_size_bytes", "final_train_loss", "final_validation_loss",
-            "global_steps", "wall_time_s")
+            "global_steps", "forgetting", "wall_time_s")
     summary = {k: result.manifest[k] for k in keys if k in result.manifest}
     typer.echo(json.dumps({"artifact": result.id, "path": str(result.path), "active": activate, **summary}, indent=2,
                           default=str))
+    for warning in (result.manifest.get("forgetting") or {}).get("warnings", []):
+        typer.echo(f"warning: forgetting check: {warning}", err=True)
 
 
 @feedback_app.command("export")

@@ -245,6 +245,9 @@ def test_tiny_run_lowers_loss_and_writes_a_loadable_adapter(settings: Settings, 
     assert m["qlora"]["used"] is False and "CUDA" in m["qlora"]["reason"]
     assert sum(m["data"]["split_sizes"].values()) > 30 and len(m["data_hash"]) == 64
     assert (artifact.path / "data" / "train.jsonl").is_file() and (artifact.path / "adapter" / "adapter_config.json").is_file()
+    forgot = m["forgetting"]  # every run checks what it did outside the domain
+    assert forgot["perplexity"]["base"] > 0 and forgot["perplexity"]["adapter"] != forgot["perplexity"]["base"]
+    assert forgot["perplexity"]["change"] == pytest.approx(forgot["perplexity"]["adapter"] / forgot["perplexity"]["base"] - 1, abs=1e-3)
 
     engine = GenerationEngine.from_settings(settings)
     engine.config = engine.config.model_copy(update={"refusal_min_prob": 0.5})  # the gate is opt-in

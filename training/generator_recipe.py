@@ -324,6 +324,7 @@ def train_generator(settings: Settings, cfg: GeneratorTrainingSettings | None = 
         "global_steps": trainer.state.global_step,
         "resumed_from": checkpoint.name if checkpoint else None,
         "loss_curve": history,
+        "forgetting": _forgetting(trainer.model, tokenizer, cfg),
         "distributed": {"processes": distributed.world_size(), "backend": distributed.backend()},
         "wall_time_s": round(time.perf_counter() - began, 1),
     }
@@ -390,9 +391,19 @@ def train_dpo(settings: Settings, pairs_file: Path, sft: artifacts.Artifact,
         "data_hash": artifacts.data_hash(rows), "data": {"sources": [str(pairs_file)], "pairs": len(rows)},
         "hyperparameters": cfg.model_dump(mode="json"), "adapter_size_bytes": _dir_size(workdir / "adapter"),
         "loss_curve": history, "global_steps": trainer.state.global_step,
+        "forgetting": _forgetting(trainer.model, tokenizer, cfg),
         "wall_time_s": round(time.perf_counter() - began, 1),
     }
     return artifacts.finalize(settings, "adapter", artifact_id, manifest, keep=["adapter"])
+
+
+def _forgetting(model: Any, tokenizer: Any, cfg: GeneratorTrainingSettings) -> dict[str, Any] | None:
+    """The catastrophic-forgetting check (base vs base + adapter on general text), or None when turned off."""
+    if not cfg.forgetting.enabled:
+        return None
+    from training.forgetting import forgetting_check
+
+    return forgetting_check(model, tokenizer, cfg.forgetting)
 
 
 def merge_adapter(settings: Settings, adapter: artifacts.Artifact, out_dir: Path) -> Path:
