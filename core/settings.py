@@ -465,8 +465,7 @@ class MonitoringSettings(BaseModel):
     history_size: int = Field(200, ge=1, description="Check summaries kept (numbers only).")
     reference_max: int = Field(600, ge=10, description="Most reference questions (training chats + eval set).")
     alpha: float = Field(0.01, gt=0, lt=1, description="p-value at or below which a test reports drift.")
-    auc_threshold: float = Field(0.6, gt=0.5, lt=1, description="Domain-classifier ROC AUC needed as well.")
-    permutations: int = Field(99, ge=19, description="Label permutations of the classifier test (p >= 1/(N+1)).")
+    auc_threshold: float = Field(0.6, gt=0.5, lt=1, description="Domain-classifier ROC AUC reported as separable.")
     novelty_quantile: float = Field(0.05, gt=0, lt=0.5, description="Share of reference-like questions the "
                                     "novelty threshold lets through as novel (its expected rate without drift).")
 

@@ -5,9 +5,9 @@
   similarity below which only ``novelty_quantile`` (5%) of unseen reference-like questions fall, and SciPy's
   exact binomial test says whether the window has more such novel queries than that. This asks the product's question (are users asking about things the
   artifacts never saw?) and does not alarm when the window is a narrower part of the reference.
-- **Embeddings, separability** (reported, alarms only with novelty): a domain classifier (the model-based method
-  evidently uses for embeddings), scikit-learn's ``permutation_test_score`` on a logistic regression's ROC AUC.
-  Training questions and real users' questions differ in wording, so separability alone is not drift.
+- **Embeddings, separability** (reported, never an alarm by itself): a domain classifier (the model-based method
+  evidently uses for embeddings), a logistic regression's cross-validated ROC AUC. Training questions and real
+  users' questions differ in wording, so separability alone is not drift.
 - **Top retrieval score**: SciPy's one-sided two-sample Kolmogorov-Smirnov test (the window's scores lower).
 - **Refusal rate**: SciPy's exact binomial test of the window's refusals against the reference rate.
 
@@ -26,16 +26,16 @@ import numpy as np
 class DriftTests:
     alpha: float = 0.01
     auc_threshold: float = 0.6
-    permutations: int = 99
     novelty_quantile: float = 0.05
     folds: int = 5
     seed: int = 0
 
 
 def embedding_drift(reference: np.ndarray, window: np.ndarray, tests: DriftTests) -> dict[str, Any]:
-    """Classifier two-sample test on query embeddings (rows: L2-normalised vectors)."""
+    """Separability of window and reference queries: a logistic regression's cross-validated ROC AUC
+    (scikit-learn). Reported, never an alarm by itself: 0.5 means indistinguishable."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, permutation_test_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
 
     rng = np.random.default_rng(tests.seed)
     # As many reference rows as window rows (at least): balanced classes, a bounded cost.
@@ -44,14 +44,11 @@ def embedding_drift(reference: np.ndarray, window: np.ndarray, tests: DriftTests
     x = np.vstack([ref, window]).astype(np.float32)
     y = np.r_[np.zeros(len(ref)), np.ones(len(window))]
     folds = min(tests.folds, len(window), len(ref))
-    auc, _, p_value = permutation_test_score(
-        LogisticRegression(max_iter=200, C=1.0), x, y, scoring="roc_auc",
-        cv=StratifiedKFold(folds, shuffle=True, random_state=tests.seed), n_permutations=tests.permutations,
-        random_state=tests.seed)
-    return {"method": "domain classifier (logistic regression, ROC AUC) with a permutation test (scikit-learn)",
-            "statistic": round(float(auc), 4), "p_value": round(float(p_value), 4),
-            "threshold": {"p_value": tests.alpha, "auc": tests.auc_threshold},
-            "separable": bool(p_value <= tests.alpha and auc >= tests.auc_threshold), "drift": False}
+    auc = float(np.mean(cross_val_score(LogisticRegression(max_iter=200), x, y, scoring="roc_auc",
+                                        cv=StratifiedKFold(folds, shuffle=True, random_state=tests.seed))))
+    return {"method": "domain classifier: logistic regression, cross-validated ROC AUC (scikit-learn); reported only",
+            "statistic": round(auc, 4), "p_value": None, "threshold": {"auc": tests.auc_threshold},
+            "separable": bool(auc >= tests.auc_threshold), "drift": False}
 
 
 def novelty_drift(reference: np.ndarray, window: np.ndarray, tests: DriftTests) -> dict[str, Any]:

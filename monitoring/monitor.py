@@ -97,7 +97,7 @@ class DriftMonitor:
     @property
     def tests(self) -> DriftTests:
         c = self.config
-        return DriftTests(alpha=c.alpha, auc_threshold=c.auc_threshold, permutations=c.permutations,
+        return DriftTests(alpha=c.alpha, auc_threshold=c.auc_threshold,
                           novelty_quantile=c.novelty_quantile)
 
     def observe(self, vector: np.ndarray, top_score: float, refused: bool) -> dict[str, Any] | None:

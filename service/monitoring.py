@@ -99,7 +99,8 @@ class MonitorService:
     def _export(checked: dict[str, Any]) -> None:
         DRIFT_DETECTED.set(1 if checked["drift"] else 0)
         for name, test in checked["tests"].items():
-            DRIFT_P_VALUE.labels(name).set(test["p_value"])
+            if test["p_value"] is not None:
+                DRIFT_P_VALUE.labels(name).set(test["p_value"])
             DRIFT_STATISTIC.labels(name).set(test["statistic"])
 
     def feedback(self, rating: str) -> None:

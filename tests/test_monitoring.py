@@ -32,7 +32,7 @@ OTHER_DOMAIN = ([f"How long should I boil {f} at high altitude?" for f in FOODS]
 
 def test_the_tests_separate_shifted_samples_and_not_identical_ones() -> None:
     rng = np.random.default_rng(0)
-    tests = DriftTests(alpha=0.05, permutations=49)  # p >= 1/50
+    tests = DriftTests(alpha=0.05)
     same_a, same_b = rng.normal(size=(80, 16)), rng.normal(size=(60, 16))
     shifted = rng.normal(size=(60, 16)) + 0.8
     assert not embedding_drift(same_a, same_b, tests)["separable"]
@@ -56,7 +56,7 @@ def test_the_window_is_bounded_and_checks_run_on_schedule() -> None:
     rng = np.random.default_rng(1)
     reference = Reference(rng.normal(size=(50, 8)).astype(np.float32), rng.uniform(0.5, 0.9, 50), 0.1, {"x": 50},
                           "v000001", "e")
-    config = MonitoringSettings(window_size=30, min_window=10, check_every=5, permutations=19, history_size=3)
+    config = MonitoringSettings(window_size=30, min_window=10, check_every=5, history_size=3)
     monitor = DriftMonitor(reference, config)
     checks = [monitor.observe(rng.normal(size=8), 0.7, False) for _ in range(40)]
     ran = [i + 1 for i, c in enumerate(checks) if c is not None]
@@ -79,7 +79,7 @@ def monitored(settings: Settings, tmp_path: Path) -> tuple[Settings, list[str]]:
         "models": settings.models.model_copy(update={"embedder": ModelSettings().embedder}),
         "generation": settings.generation.model_copy(update={"max_new_tokens": 2, "batch_wait_ms": 1}),
         "eval": settings.eval.model_copy(update={"eval_file": eval_file}),
-        "monitoring": MonitoringSettings(window_size=40, min_window=20, check_every=10, permutations=99),
+        "monitoring": MonitoringSettings(window_size=40, min_window=20, check_every=10),
         "server": settings.server.model_copy(update={
             "api_keys": {"admin-key": ["chat", "admin"], "chat-key": ["chat"]}, "rate_limit_per_minute": 10_000}),
     })
@@ -119,5 +119,9 @@ def test_in_domain_replay_raises_no_alarm_and_another_domain_raises_one(monitore
         # Numbers only: no query text in what the admin endpoint returns.
         body = final.text
         assert not any(q in body for q in heldout[:40] + OTHER_DOMAIN)
+        from monitoring.page import render_page
+
+        page = render_page(final.json())  # what `tunerag monitor` writes
+        assert "tunerag monitoring: drift detected" in page and page.count('<img alt="drift chart"') == 2
         metrics = client.get("/metrics").text
         assert "tunerag_drift_detected 1.0" in metrics and 'tunerag_drift_p_value{test="embedding_novelty"}' in metrics
