@@ -320,6 +320,10 @@ class GeneratorTrainingSettings(BaseModel):
         True, description="Batch examples of similar length (less padding: each CPU step computes fewer tokens)."
     )
     max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: run all epochs).")
+    general_replay_fraction: float = Field(
+        0.0, ge=0, le=1, description="Share of general replay rows added to the training rows: the base model's own "
+        "answers to general instructions (never the forgetting check's), against catastrophic forgetting.")
+    general_replay_max_new_tokens: int = Field(96, ge=1)
     forgetting: ForgettingSettings = Field(default_factory=ForgettingSettings)
     eval_steps: int | None = Field(None, gt=0, description="Evaluate/save every N steps (default: each epoch).")
     early_stopping_patience: int = Field(2, ge=1)

@@ -30,9 +30,12 @@ app = typer.Typer(
 models_app = typer.Typer(help="Prepare and inspect the generator and embedder.", no_args_is_help=True)
 train_app = typer.Typer(help="Fine-tune the embedder, the generator or the answerability verifier.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+data_app = typer.Typer(help="Your own domain: documents, an FAQ export and a style file into training data.",
+                        no_args_is_help=True)
 feedback_app = typer.Typer(help="Users' ratings into training data.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 app.add_typer(feedback_app, name="feedback")
+app.add_typer(data_app, name="data")
 
 
 
@@ -333,6 +336,23 @@ def train_generator(
                           default=str))
     for warning in (result.manifest.get("forgetting") or {}).get("warnings", []):
         typer.echo(f"warning: forgetting check: {warning}", err=True)
+
+
+@data_app.command("build")
+def data_build(
+    faq: Annotated[Path, typer.Option("--faq", help="FAQ export: CSV or JSONL with question, answer, optional doc_id.")],
+    style: Annotated[Path, typer.Option("--style", help="Style YAML: company, greeting, sign_off, word_limit, refusal.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write (must not exist, or --force).")],
+    docs: Annotated[Path | None, typer.Option("--docs", help="The help center: a folder of Markdown/HTML/PDF/text.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the held-out split.")] = 0,
+    heldout: Annotated[float, typer.Option(help="Share of FAQ entries held out for evaluation.", min=0.05, max=0.9)] = 0.3,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out folder.")] = False,
+) -> None:
+    """Turn a team's documents, FAQ and style file into chats, embedder pairs, a held-out set and a config."""
+    from onboarding.build import build_data
+
+    card = build_data(docs, faq, style, out, seed=seed, heldout_fraction=heldout, force=force)
+    typer.echo(json.dumps({"out": str(out), **card}, indent=2))
 
 
 @feedback_app.command("export")

@@ -42,6 +42,13 @@ def tiny_embedder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_sentence_transformer(tmp_path_factory.mktemp("tiny-st") / "model")
 
 
+@pytest.fixture(scope="session")
+def talkative_generator(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny generator whose greedy answers are text that depends on the prompt (the default one answers
+    newlines only, which would make answer comparisons pass vacuously)."""
+    return build_tiny_causal_lm(tmp_path_factory.mktemp("talkative"), initializer_range=0.3)
+
+
 @pytest.fixture
 def settings(tmp_path: Path, tiny_generator_dir: Path, tiny_embedder_dir: Path) -> Settings:
     """Settings for an isolated instance in a temp dir, on the tiny models."""

@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 from helpers import wait_job
 from litestar.testing import TestClient
-from tiny_models import build_tiny_causal_lm
 
 from core.settings import Settings
 from eval.runner import EvalOptions, run_evaluation
@@ -17,13 +15,6 @@ from service.app import create_app
 
 ADMIN = "admin-key"
 H = {"Authorization": f"Bearer {ADMIN}"}
-
-
-@pytest.fixture(scope="module")
-def talkative_generator(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny generator whose greedy answers are text that depends on the prompt (the default one answers
-    newlines only, which would make every comparison below pass vacuously)."""
-    return build_tiny_causal_lm(tmp_path_factory.mktemp("talkative"), initializer_range=0.3)
 
 
 def eval_ready(settings: Settings, generator: Path) -> Settings:

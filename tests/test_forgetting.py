@@ -7,9 +7,21 @@ import pytest
 
 from core.models import load_generator
 from core.settings import ForgettingSettings, Settings
-from training.forgetting import forgetting_check, general_instructions, general_passages
+from training.forgetting import (
+    forgetting_check,
+    general_instructions,
+    general_passages,
+    replay_instructions,
+    replay_rows,
+)
 
 CFG = ForgettingSettings(passages=6, passage_chars=300, instructions=3, max_new_tokens=8)
+
+
+@pytest.fixture
+def talkative(settings: Settings, talkative_generator) -> Settings:
+    """Greedy answers that are text (the default tiny model answers newlines: agreement would be vacuous)."""
+    return settings.model_copy(update={"models": settings.models.model_copy(update={"generator": str(talkative_generator)})})
 
 
 def peft_model(settings: Settings, scale: float):
@@ -35,8 +47,8 @@ def test_the_general_set_is_prose_from_the_python_reference_manual() -> None:
 
 
 @pytest.mark.parametrize("scale, warned", [(0.0, False), (5.0, True)])
-def test_a_harmless_adapter_passes_and_a_destructive_one_is_flagged(settings: Settings, scale: float, warned: bool) -> None:
-    model, tokenizer = peft_model(settings, scale)
+def test_a_harmless_adapter_passes_and_a_destructive_one_is_flagged(talkative: Settings, scale: float, warned: bool) -> None:
+    model, tokenizer = peft_model(talkative, scale)
     result = forgetting_check(model, tokenizer, CFG)
     ppl = result["perplexity"]
     if not warned:  # lora_B = 0: the adapter is the identity
@@ -44,5 +56,18 @@ def test_a_harmless_adapter_passes_and_a_destructive_one_is_flagged(settings: Se
         assert result["instruction_agreement_rouge_l"]["mean"] == 1.0 and result["warnings"] == []
     else:
         assert ppl["adapter"] > ppl["base"] * 1.1 and ppl["change"] > CFG.max_perplexity_increase
+        assert result["instruction_agreement_rouge_l"]["mean"] < 1.0
         assert any("perplexity" in w for w in result["warnings"])
+    assert all(e["base"] for e in result["examples"])  # real text was compared
     assert result["passages"] == 6 and result["instructions"] == 3 and "pydoc_data" in result["source"]
+
+
+def test_replay_trains_on_other_topics_than_the_check_scores(talkative: Settings) -> None:
+    checked = general_instructions(8)
+    replay = replay_instructions(40, held_out=8)
+    topic = lambda text: text.split("explain ")[-1].split(" in Python")[0].split("about ")[-1].split("describe ")[-1]  # noqa: E731
+    assert len(replay) == 40 and not {topic(c) for c in checked} & {topic(r) for r in replay}
+    model, tokenizer = load_generator(talkative, fresh=True)
+    rows = replay_rows(model, tokenizer, 3, 8, max_new_tokens=6)
+    assert rows and all(r["variant"] == "replay" and r["completion"].endswith(tokenizer.eos_token) for r in rows)
+    assert all("Python" in r["prompt"] for r in rows)

@@ -43,13 +43,40 @@ def general_passages(count: int, chars: int, seed: int = 0) -> list[str]:
     return paragraphs[:count]
 
 
-def general_instructions(count: int, seed: int = 0) -> list[str]:
+def _titles(seed: int = 0) -> list[str]:
     from pydoc_data.topics import topics
 
     titles = sorted({text.strip().splitlines()[0].strip() for text in topics.values() if text.strip()})
     titles = [t for t in titles if 4 <= len(t) <= 60 and not t.startswith("*")]
     random.Random(seed).shuffle(titles)
-    return [f"In two sentences, explain {title} in Python." for title in titles[:count]]
+    return titles
+
+
+def general_instructions(count: int, seed: int = 0) -> list[str]:
+    """The check's general instructions: the first ``count`` topic titles (a fixed shuffle)."""
+    return [f"In two sentences, explain {title} in Python." for title in _titles(seed)[:count]]
+
+
+def replay_instructions(count: int, held_out: int) -> list[str]:
+    """Instructions for general replay in training: other topic titles than the check's first ``held_out``, in
+    other words, so the check never scores what replay trained on."""
+    titles = _titles()[held_out:]
+    forms = ("Briefly describe {t} in Python.", "What should a beginner know about {t} in Python?")
+    return [forms[i % len(forms)].format(t=t) for i, t in enumerate(titles[:count])]
+
+
+def replay_rows(model: Any, tokenizer: Any, count: int, held_out: int, max_new_tokens: int) -> list[dict[str, str]]:
+    """General replay rows: the base model's own greedy answers to general instructions (self-distillation),
+    rendered through the one chat-formatting path, as prompt/completion rows."""
+    instructions = replay_instructions(count, held_out)
+    was_training = model.training
+    model.eval()  # greedy answers without dropout
+    try:
+        answers = greedy_answers(model, tokenizer, instructions, max_new_tokens)
+    finally:
+        model.train(was_training)
+    return [{"prompt": render_prompt(tokenizer, [{"role": "user", "content": i}]), "completion": a + tokenizer.eos_token,
+             "variant": "replay"} for i, a in zip(instructions, answers, strict=True) if a]
 
 
 def perplexity(model: Any, tokenizer: Any, texts: list[str]) -> float:

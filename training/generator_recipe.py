@@ -278,6 +278,15 @@ def train_generator(settings: Settings, cfg: GeneratorTrainingSettings | None = 
     else:
         model, _ = load_generator(settings, fresh=True)
         model.train()
+    replay: list[dict[str, str]] = []
+    if cfg.general_replay_fraction > 0:  # the base model's own general answers, before any adapter exists
+        from training.forgetting import replay_rows
+
+        count = max(1, round(cfg.general_replay_fraction * len(train_rows)))
+        replay = replay_rows(model, tokenizer, count, cfg.forgetting.instructions, cfg.general_replay_max_new_tokens)
+        logger.info("general replay: %d rows added to %d training rows", len(replay), len(train_rows))
+        train_rows = train_rows + replay
+        model.train()
     lora = LoraConfig(r=cfg.r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=lora_targets(model, cfg), layers_to_transform=top_layers(model, cfg.top_layers),
                       task_type="CAUSAL_LM")
@@ -325,6 +334,7 @@ def train_generator(settings: Settings, cfg: GeneratorTrainingSettings | None = 
         "resumed_from": checkpoint.name if checkpoint else None,
         "loss_curve": history,
         "forgetting": _forgetting(trainer.model, tokenizer, cfg),
+        "general_replay": {"fraction": cfg.general_replay_fraction, "rows": len(replay)},
         "distributed": {"processes": distributed.world_size(), "backend": distributed.backend()},
         "wall_time_s": round(time.perf_counter() - began, 1),
     }

@@ -1,0 +1,104 @@
+"""FAQ exports (CSV or JSONL: question, answer, optional doc_id or url) read with a size budget and a
+line-numbered report of every problem: missing columns, empty fields, undecodable bytes, the same question
+with different answers. Exact duplicate entries are dropped and counted."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.errors import InvalidInputError
+from core.prompt import validate_doc_id
+
+MAX_REPORTED = 20
+
+
+@dataclass(frozen=True)
+class FaqEntry:
+    line: int
+    question: str
+    answer: str
+    doc_id: str | None
+
+
+def _key(question: str) -> str:
+    return re.sub(r"\s+", " ", question.strip().lower())
+
+
+def _rows(path: Path, text: str) -> list[tuple[int, dict]]:
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    value = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise InvalidInputError(f"{path}:{n}: not JSON ({exc.msg})") from None
+                if not isinstance(value, dict):
+                    raise InvalidInputError(f"{path}:{n}: each line must be a JSON object")
+                rows.append((n, value))
+        return rows
+    if path.suffix.lower() != ".csv":
+        raise InvalidInputError(f"{path}: an FAQ file is .csv or .jsonl")
+    reader = csv.DictReader(io.StringIO(text))
+    missing = {"question", "answer"} - {(c or "").strip().lower() for c in reader.fieldnames or []}
+    if missing:
+        raise InvalidInputError(f"{path}:1: missing column(s) {sorted(missing)}; found {reader.fieldnames}")
+    return [(reader.line_num, {(k or "").strip().lower(): v for k, v in row.items()}) for row in reader]
+
+
+def read_faq(path: Path, max_bytes: int) -> tuple[list[FaqEntry], int]:
+    """The entries and how many exact duplicates were dropped.
+
+    Raises:
+        InvalidInputError: the file is too large, not UTF-8, or has bad rows (every problem, with its line).
+    """
+    if not path.is_file():
+        raise InvalidInputError(f"{path}: no such FAQ file")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise InvalidInputError(f"{path}: {size} bytes is over the {max_bytes}-byte limit (data_build.max_faq_bytes)")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise InvalidInputError(f"{path}:{line}: not UTF-8 (byte {exc.start}); save the export as UTF-8") from None
+    problems: list[str] = []
+    entries: list[FaqEntry] = []
+    seen: dict[str, FaqEntry] = {}
+    duplicates = 0
+    for n, row in _rows(path, text):
+        question = str(row.get("question") or "").strip()
+        answer = str(row.get("answer") or "").strip()
+        doc_id = str(row.get("doc_id") or "").strip() or None
+        if not question or not answer:
+            problems.append(f"{path}:{n}: empty {'question' if not question else 'answer'}")
+            continue
+        if doc_id:
+            try:
+                validate_doc_id(doc_id, "doc_id")
+            except InvalidInputError as exc:
+                problems.append(f"{path}:{n}: {exc}")
+                continue
+        key = _key(question)
+        if key in seen:
+            if _key(seen[key].answer) == _key(answer):
+                duplicates += 1
+                continue
+            problems.append(f"{path}:{n}: the question of line {seen[key].line} again, with a different answer")
+            continue
+        entry = FaqEntry(n, question, answer, doc_id)
+        seen[key] = entry
+        entries.append(entry)
+    if problems:
+        more = f" (and {len(problems) - MAX_REPORTED} more)" if len(problems) > MAX_REPORTED else ""
+        raise InvalidInputError(f"{len(problems)} bad FAQ row(s); nothing written:\n  "
+                                + "\n  ".join(problems[:MAX_REPORTED]) + more)
+    if len(entries) < 4:
+        raise InvalidInputError(f"{path}: {len(entries)} usable entries; a held-out split needs at least 4")
+    return entries, duplicates
