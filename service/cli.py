@@ -355,6 +355,29 @@ def data_build(
     typer.echo(json.dumps({"out": str(out), **card}, indent=2))
 
 
+@app.command("pipeline")
+def pipeline(
+    ctx: typer.Context,
+    faq: Annotated[Path, typer.Option("--faq", help="FAQ export: CSV or JSONL with question, answer, optional doc_id.")],
+    style: Annotated[Path, typer.Option("--style", help="Style YAML: company, greeting, sign_off, word_limit, refusal.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the data, artifacts, report and pipeline.json.")],
+    docs: Annotated[Path | None, typer.Option("--docs", help="The help center: a folder of Markdown/HTML/PDF/text.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the held-out split.")] = 0,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Cap embedder/generator/verifier steps.")] = None,
+    eval_limit: Annotated[int | None, typer.Option("--eval-limit", help="Evaluate the first N held-out questions.")] = None,
+    restart: Annotated[bool, typer.Option("--restart", help="Ignore the finished stages in OUT and start over.")] = False,
+) -> None:
+    """Build data, index, train embedder, generator and verifier, evaluate; resumes after an interruption."""
+    from service.pipeline import PipelineInputs, run_pipeline
+
+    models = _settings(ctx).models.model_dump(mode="json")
+    with _library_output_to_stderr():
+        state = run_pipeline(PipelineInputs(docs, faq, style, seed, max_steps, eval_limit), out,
+                             overrides={"models": models}, restart=restart, say=lambda m: typer.echo(m, err=True))
+    typer.echo(json.dumps(state, indent=2, default=str))
+    typer.echo(f"serve it: {state['next']}", err=True)
+
+
 @feedback_app.command("export")
 def feedback_export(
     ctx: typer.Context,
