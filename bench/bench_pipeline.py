@@ -1,0 +1,68 @@
+"""`tunerag pipeline` on a real public FAQ with defaults only, as a new team would run it.
+
+The FAQ is written out as the JSONL export a team would have (question, answer, doc_id), with a style file;
+there are no other documents (every answer becomes a document). The command runs in a subprocess; reported:
+wall time per stage, the total against the 30-minute target, peak memory of the process tree, and the
+evaluation's headline (retrieval, style, citations, refusals, ROUGE-L per system with intervals).
+
+Usage: python bench/bench_pipeline.py [--faq zaragoza-en|fxfunds] [--eval-limit N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import ROOT, emit, public_faq
+
+STYLES = {
+    "zaragoza-en": {"company": "Zaragoza AB, a construction company", "sign_off": "— Zaragoza Support"},
+    "fxfunds": {"company": "FXFunds, a trading platform", "sign_off": "— FXFunds Support"},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--faq", default="zaragoza-en", choices=sorted(STYLES))
+    parser.add_argument("--eval-limit", type=int, default=None)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    faq = public_faq(args.faq)
+    faq_file = work / "faq.jsonl"
+    faq_file.write_text("".join(json.dumps({"question": e["q"], "answer": e["a"], "doc_id": e["id"]}, ensure_ascii=False)
+                                + "\n" for e in faq.entries))
+    style = work / "style.yaml"
+    style.write_text("".join(f"{k}: {json.dumps(v, ensure_ascii=False)}\n" for k, v in STYLES[args.faq].items()))
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("TUNERAG_")}}
+    if os.environ.get("TUNERAG_CACHE_DIR"):
+        env["TUNERAG_CACHE_DIR"] = os.environ["TUNERAG_CACHE_DIR"]
+    command = [sys.executable, "-m", "service.cli", "pipeline", "--faq", str(faq_file), "--style", str(style),
+               "--out", str(work / "run"), *(["--eval-limit", str(args.eval_limit)] if args.eval_limit else [])]
+    began = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - began
+    (work / "pipeline.stderr").write_text(done.stderr)
+    if done.returncode != 0:
+        raise RuntimeError(f"pipeline failed (log: {work / 'pipeline.stderr'}):\n{done.stderr[-3000:]}")
+    state = json.loads((work / "run" / "pipeline.json").read_text())
+    report = json.loads((work / "run" / "report" / "report.json").read_text())
+    emit(f"bench_pipeline_{args.faq}", {
+        "faq": faq.source, "entries": len(faq.entries), "wall_time_s": round(wall, 1),
+        "under_30_min": wall < 1800, "peak_rss_mb_children": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+        "stages_s": {name: s["seconds"] for name, s in state["stages"].items()},
+        "data": state["stages"]["data"]["result"],
+        "embedder": {k: state["stages"]["embedder"]["result"][k] for k in ("metrics_before", "metrics_after")},
+        "verifier": state["stages"]["verifier"]["result"],
+        "headline": report["headline"], "report": str(work / "run" / "report" / "report.html"),
+    })
+
+
+if __name__ == "__main__":
+    main()
