@@ -230,12 +230,6 @@ class JobRunner:
             self._live.pop(job_id, None)
             self._tasks.pop(job_id, None)
 
-    async def wait_idle(self, timeout: float = 60.0) -> None:
-        """Until this replica runs no job (tests, the CLI)."""
-        with anyio.fail_after(timeout):
-            while self._tasks:
-                await asyncio.gather(*self._tasks.values(), return_exceptions=True)
-
     async def shutdown(self) -> None:
         """Stop claiming; running jobs are cancelled and handed back to the queue for any replica."""
         if self._loop_task is not None:

@@ -107,10 +107,6 @@ class MonitorService:
         if self.monitor is not None:
             self.monitor.feedback(rating)
 
-    async def drain(self) -> None:
-        """Until every scheduled observation is in (tests, benchmarks)."""
-        await asyncio.get_running_loop().run_in_executor(self._pool, lambda: None)
-
     def status(self) -> dict[str, Any]:
         if self.monitor is None:
             return {"enabled": self.settings.monitoring.enabled, "drift_detected": False,
