@@ -48,7 +48,7 @@ def _jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def build_data(docs_dir: Path | None, faq_file: Path, style_file: Path, out: Path, *, seed: int = 0,
                heldout_fraction: float = 0.3, unanswerable_fraction: float = 0.1, max_faq_bytes: int = 50_000_000,
-               force: bool = False) -> dict[str, Any]:
+               force: bool = False, on_conflict: str = "error") -> dict[str, Any]:
     """Build the folder described in the module docstring; returns the data card.
 
     Raises:
@@ -57,7 +57,7 @@ def build_data(docs_dir: Path | None, faq_file: Path, style_file: Path, out: Pat
     if out.exists() and any(out.iterdir()) and not force:
         raise InvalidInputError(f"{out} exists and is not empty; choose another --out or pass --force")
     style = load_style(style_file)
-    entries, duplicates = read_faq(faq_file, max_faq_bytes)
+    entries, duplicates, conflicts = read_faq(faq_file, max_faq_bytes, on_conflict)
     documents = {d.doc_id: d for d in load_documents([docs_dir])} if docs_dir else {}
     if docs_dir and not documents:
         raise InvalidInputError(f"{docs_dir}: no documents found (Markdown, HTML, PDF, text)")
@@ -88,7 +88,8 @@ def build_data(docs_dir: Path | None, faq_file: Path, style_file: Path, out: Pat
         card = {
             "inputs": {"docs": str(docs_dir) if docs_dir else None, "faq": str(faq_file), "style": str(style_file),
                        "seed": seed, "heldout_fraction": heldout_fraction},
-            "counts": {"faq_entries": len(entries), "duplicates_dropped": duplicates, "team_documents": len(documents),
+            "conflicts_dropped": conflicts,
+            "counts": {"faq_entries": len(entries), "duplicates_dropped": duplicates, "conflicts_dropped": len(conflicts), "team_documents": len(documents),
                        "faq_documents": len(faq_docs) - len(dropped), "train": len(train),
                        "heldout_answerable": len([e for e in held if gold[e.line] not in dropped]),
                        "heldout_unanswerable": len([e for e in held if gold[e.line] in dropped])},

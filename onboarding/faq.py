@@ -51,8 +51,10 @@ def _rows(path: Path, text: str) -> list[tuple[int, dict]]:
     return [(reader.line_num, {(k or "").strip().lower(): v for k, v in row.items()}) for row in reader]
 
 
-def read_faq(path: Path, max_bytes: int) -> tuple[list[FaqEntry], int]:
-    """The entries and how many exact duplicates were dropped.
+def read_faq(path: Path, max_bytes: int, on_conflict: str = "error") -> tuple[list[FaqEntry], int, list[str]]:
+    """The entries, how many exact duplicates were dropped, and the conflicts dropped (``on_conflict`` =
+    ``keep-first``: the same question again with a different answer keeps the first and names the rest;
+    ``error``, the default: such a row is a problem like any other).
 
     Raises:
         InvalidInputError: the file is too large, not UTF-8, or has bad rows (every problem, with its line).
@@ -72,6 +74,7 @@ def read_faq(path: Path, max_bytes: int) -> tuple[list[FaqEntry], int]:
     entries: list[FaqEntry] = []
     seen: dict[str, FaqEntry] = {}
     duplicates = 0
+    conflicts: list[str] = []
     for n, row in _rows(path, text):
         question = str(row.get("question") or "").strip()
         answer = str(row.get("answer") or "").strip()
@@ -90,15 +93,18 @@ def read_faq(path: Path, max_bytes: int) -> tuple[list[FaqEntry], int]:
             if _key(seen[key].answer) == _key(answer):
                 duplicates += 1
                 continue
-            problems.append(f"{path}:{n}: the question of line {seen[key].line} again, with a different answer")
+            conflict = f"{path}:{n}: the question of line {seen[key].line} again, with a different answer"
+            (conflicts if on_conflict == "keep-first" else problems).append(conflict)
             continue
         entry = FaqEntry(n, question, answer, doc_id)
         seen[key] = entry
         entries.append(entry)
     if problems:
         more = f" (and {len(problems) - MAX_REPORTED} more)" if len(problems) > MAX_REPORTED else ""
-        raise InvalidInputError(f"{len(problems)} bad FAQ row(s); nothing written:\n  "
+        hint = (" (--on-conflict keep-first keeps the first of each conflicting question)"
+                if any("different answer" in p for p in problems) else "")
+        raise InvalidInputError(f"{len(problems)} bad FAQ row(s); nothing written{hint}:\n  "
                                 + "\n  ".join(problems[:MAX_REPORTED]) + more)
     if len(entries) < 4:
         raise InvalidInputError(f"{path}: {len(entries)} usable entries; a held-out split needs at least 4")
-    return entries, duplicates
+    return entries, duplicates, conflicts

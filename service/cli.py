@@ -347,11 +347,15 @@ def data_build(
     seed: Annotated[int, typer.Option(help="Seed of the held-out split.")] = 0,
     heldout: Annotated[float, typer.Option(help="Share of FAQ entries held out for evaluation.", min=0.05, max=0.9)] = 0.3,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --out folder.")] = False,
+    on_conflict: Annotated[str, typer.Option("--on-conflict", help="The same question with another answer: error "
+                                                                    "(default) or keep-first (the rest are listed).")] = "error",
 ) -> None:
     """Turn a team's documents, FAQ and style file into chats, embedder pairs, a held-out set and a config."""
     from onboarding.build import build_data
 
-    card = build_data(docs, faq, style, out, seed=seed, heldout_fraction=heldout, force=force)
+    if on_conflict not in ("error", "keep-first"):
+        raise TuneragError(f"--on-conflict must be error or keep-first, got {on_conflict!r}")
+    card = build_data(docs, faq, style, out, seed=seed, heldout_fraction=heldout, force=force, on_conflict=on_conflict)
     typer.echo(json.dumps({"out": str(out), **card}, indent=2))
 
 
@@ -366,13 +370,17 @@ def pipeline(
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Cap embedder/generator/verifier steps.")] = None,
     eval_limit: Annotated[int | None, typer.Option("--eval-limit", help="Evaluate the first N held-out questions.")] = None,
     restart: Annotated[bool, typer.Option("--restart", help="Ignore the finished stages in OUT and start over.")] = False,
+    on_conflict: Annotated[str, typer.Option("--on-conflict", help="The same question with another answer: error "
+                                                                    "(default) or keep-first.")] = "error",
 ) -> None:
     """Build data, index, train embedder, generator and verifier, evaluate; resumes after an interruption."""
     from service.pipeline import PipelineInputs, run_pipeline
 
     models = _settings(ctx).models.model_dump(mode="json")
     with _library_output_to_stderr():
-        state = run_pipeline(PipelineInputs(docs, faq, style, seed, max_steps, eval_limit), out,
+        if on_conflict not in ("error", "keep-first"):
+            raise TuneragError(f"--on-conflict must be error or keep-first, got {on_conflict!r}")
+        state = run_pipeline(PipelineInputs(docs, faq, style, seed, max_steps, eval_limit, on_conflict), out,
                              overrides={"models": models}, restart=restart, say=lambda m: typer.echo(m, err=True))
     typer.echo(json.dumps(state, indent=2, default=str))
     typer.echo(f"serve it: {state['next']}", err=True)

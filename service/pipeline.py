@@ -37,6 +37,7 @@ class PipelineInputs:
     seed: int = 0
     max_steps: int | None = None  # embedder and generator (quick runs)
     eval_limit: int | None = None
+    on_conflict: str = "error"
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
@@ -46,7 +47,7 @@ class PipelineInputs:
             for file in sorted(p for p in self.docs.rglob("*") if p.is_file()):
                 digest.update(str(file.relative_to(self.docs)).encode())
                 digest.update(file.read_bytes())
-        digest.update(f"{self.seed}:{self.max_steps}:{self.eval_limit}".encode())
+        digest.update(f"{self.seed}:{self.max_steps}:{self.eval_limit}:{self.on_conflict}".encode())
         return digest.hexdigest()
 
 
@@ -63,7 +64,8 @@ def _stages(inputs: PipelineInputs, out: Path, overrides: dict[str, Any]) -> dic
     def data() -> dict[str, Any]:
         from onboarding.build import build_data
 
-        return build_data(inputs.docs, inputs.faq, inputs.style, out / "data", seed=inputs.seed, force=True)["counts"]
+        return build_data(inputs.docs, inputs.faq, inputs.style, out / "data", seed=inputs.seed, force=True,
+                          on_conflict=inputs.on_conflict)["counts"]
 
     def index(with_tuned: bool) -> Callable[[], dict[str, Any]]:
         def run() -> dict[str, Any]:

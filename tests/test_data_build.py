@@ -100,6 +100,15 @@ def test_bad_faq_files_get_a_line_numbered_report_and_nothing_is_written(inputs,
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out-")]  # no staging left behind
 
 
+def test_conflicting_questions_can_keep_the_first_and_are_listed(inputs, tmp_path: Path) -> None:
+    docs, faq, style = inputs
+    faq.write_text(faq.read_text(encoding="utf-8") + '"Do you ship abroad?","Only to Norway.",\n', encoding="utf-8")
+    with pytest.raises(InvalidInputError, match="faq.csv:14: the question of line 7 again"):
+        build_data(docs, faq, style, tmp_path / "strict")
+    card = build_data(docs, faq, style, tmp_path / "kept", on_conflict="keep-first")
+    assert card["counts"]["conflicts_dropped"] == 1 and "faq.csv:14" in card["conflicts_dropped"][0]
+
+
 def test_size_limit_style_errors_and_an_existing_folder(inputs, tmp_path: Path) -> None:
     docs, faq, style = inputs
     with pytest.raises(InvalidInputError, match="over the 100-byte limit"):
