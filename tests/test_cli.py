@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-SUBCOMMANDS = ["serve", "index", "search", "ask", "train", "eval", "models"]
+SUBCOMMANDS = ["serve", "index", "search", "ask", "train", "eval", "models", "data", "pipeline", "feedback", "monitor"]
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -81,3 +81,10 @@ def test_index_then_search_from_the_command_line(tmp_path: Path, tiny_embedder_d
 def test_search_without_an_index_says_what_to_run(tmp_path: Path, tiny_embedder_dir: Path) -> None:
     result = run_cli("search", "x", env={"TUNERAG_DATA_DIR": str(tmp_path), "TUNERAG_MODELS__EMBEDDER": str(tiny_embedder_dir)})
     assert result.returncode == 1 and "run `tunerag index` first" in result.stderr
+
+
+def test_monitor_names_a_server_it_cannot_reach(tmp_path: Path) -> None:
+    result = run_cli("--data-dir", str(tmp_path / "var"), "monitor", "--url", "http://127.0.0.1:9", "--out",
+                     str(tmp_path / "m.html"))
+    assert result.returncode == 1 and "cannot reach http://127.0.0.1:9" in result.stderr, result.stderr
+    assert not (tmp_path / "m.html").exists()
