@@ -23,6 +23,9 @@ from pathlib import Path
 
 from common import ROOT, emit, public_faq
 
+#: Reported per system as [mean, low, high] (95% bootstrap intervals).
+METRICS = ("ndcg@10", "recall@5", "style_adherence", "citation_validity", "citation_hit", "refusal_correct",
+           "false_refusal", "rouge_l")
 STYLES = {
     "zaragoza-en": {"company": "Zaragoza AB, a construction company", "sign_off": "— Zaragoza Support"},
     "fxfunds": {"company": "FXFunds, a trading platform", "sign_off": "— FXFunds Support"},
@@ -61,7 +64,10 @@ def main() -> None:
         "data": state["stages"]["data"]["result"],
         "embedder": {k: state["stages"]["embedder"]["result"][k] for k in ("metrics_before", "metrics_after")},
         "verifier": state["stages"]["verifier"]["result"],
-        "headline": report["headline"], "report": str(work / "run" / "report" / "report.html"),
+        "systems": {name: {m: [v["mean"], v.get("low"), v.get("high")] for m, v in system.get("metrics", {}).items()
+                           if m in METRICS and isinstance(v, dict)}
+                    for name, system in report["systems"].items() if system["status"] == "ok"},
+        "report": str(work / "run" / "report" / "report.html"),
     })
 
 
