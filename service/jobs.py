@@ -110,9 +110,13 @@ class JobRunner:
         self._loop_task = asyncio.create_task(self._work_loop(), name=f"jobs-{self.owner}")
 
     async def _work_loop(self) -> None:
+        last_sweep = 0.0
         while True:
             try:
-                await self.requeue_expired()
+                # Expired leases are looked for every third of a lease (not every poll: it is a write).
+                if time.monotonic() - last_sweep >= self._settings.job_lease_s / 3:
+                    last_sweep = time.monotonic()
+                    await self.requeue_expired()
                 while (job := await self.claim()) is not None:
                     self._tasks[job.id] = asyncio.create_task(self._run(job), name=f"job-{job.id}")
             except asyncio.CancelledError:
