@@ -147,7 +147,8 @@ def _write(staging: Path, out: Path, style: StyleFile, docs_dir: Path | None, tr
                            "sources": sources},
         "train_generator": {"chat_files": [str((out / "chat_train.jsonl").resolve())],
                             "refusal_answer": style.refusal_answer()},
-        "train_verifier": {"chat_files": [str((out / "chat_train.jsonl").resolve())]},
+        "train_verifier": {"chat_files": [str((out / "chat_train.jsonl").resolve())],
+                           "refusal_answer": style.refusal_answer()},
     }
     (staging / "tunerag.yaml").write_text("# Written by `tunerag data build`; use with `tunerag --config THIS_FILE ...`\n"
                                           + yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
