@@ -58,7 +58,7 @@ def main() -> None:
     state = json.loads((work / "run" / "pipeline.json").read_text())
     report = json.loads((work / "run" / "report" / "report.json").read_text())
     emit(f"bench_pipeline_{args.faq}", {
-        "faq": faq.source, "entries": len(faq.entries), "wall_time_s": round(wall, 1),
+        "faq": faq.origin, "entries": len(faq.entries), "wall_time_s": round(wall, 1),
         "under_30_min": wall < 1800, "peak_rss_mb_children": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
         "stages_s": {name: s["seconds"] for name, s in state["stages"].items()},
         "data": state["stages"]["data"]["result"],
