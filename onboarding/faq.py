@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import InvalidInputError
+from core.jsonl import read_jsonl
 from core.prompt import validate_doc_id
 
 MAX_REPORTED = 20
@@ -31,17 +31,7 @@ def _key(question: str) -> str:
 
 def _rows(path: Path, text: str) -> list[tuple[int, dict]]:
     if path.suffix.lower() in (".jsonl", ".ndjson"):
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    value = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise InvalidInputError(f"{path}:{n}: not JSON ({exc.msg})") from None
-                if not isinstance(value, dict):
-                    raise InvalidInputError(f"{path}:{n}: each line must be a JSON object")
-                rows.append((n, value))
-        return rows
+        return list(read_jsonl(path, text))
     if path.suffix.lower() != ".csv":
         raise InvalidInputError(f"{path}: an FAQ file is .csv or .jsonl")
     reader = csv.DictReader(io.StringIO(text))
