@@ -103,7 +103,9 @@ class FaqSet:
 
 def public_faq(name: str) -> FaqSet:
     """``zaragoza-en`` / ``zaragoza-sv``: zaragoza-construction-faq (Zaragoza AB, CC-BY-4.0, 503 entries);
-    ``fxfunds``: fxfunds-platform-faq (FXFunds, CC-BY-4.0, 24 entries). Both from PyPI (the bench extra)."""
+    ``fxfunds``: fxfunds-platform-faq (FXFunds, CC-BY-4.0, 24 entries), both from PyPI (the bench extra);
+    ``python-faq``, ``debian-faq``, ``sqlite-faq``: FAQs written by those projects, from Debian's packages
+    (``bench/debian_faqs.py``)."""
     if name.startswith("zaragoza-"):
         import zaragoza_construction_faq as faq
 
@@ -116,6 +118,11 @@ def public_faq(name: str) -> FaqSet:
         entries = [{"id": e["id"], "q": e["question"], "a": e["answer"], "title": e["category"].replace("-", " ").capitalize()}
                    for e in faq.all_questions()]
         return FaqSet(name, f"fxfunds-platform-faq {faq.__version__}, CC-BY-4.0", entries)
+    if name in ("python-faq", "debian-faq", "sqlite-faq"):
+        import debian_faqs
+
+        entries, origin = debian_faqs.load(name)
+        return FaqSet(name, origin, entries)
     raise ValueError(f"unknown FAQ set {name!r}")
 
 
