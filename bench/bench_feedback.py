@@ -106,6 +106,8 @@ def main() -> None:
     config = ("--config", str(ROOT / "configs" / "cpu-quick.yaml"))
     cli(env, "models", "prepare")
     cli(env, "index")
+    # The combined system retrieves with the fine-tuned embedder (one quick run, the same for every adapter).
+    cli(env, "--config", str(ROOT / "configs" / "cpu-quick.yaml"), "train", "embedder")
     a = last_json(cli(env, *config, "train", "generator", "--activate"))
 
     rows = [json.loads(x) for x in (SAMPLE_DIR / "eval.jsonl").read_text().splitlines() if x.strip()]

@@ -43,6 +43,8 @@ def main() -> None:
         env["TUNERAG_CACHE_DIR"] = os.environ["TUNERAG_CACHE_DIR"]
     cli(env, "models", "prepare")
     cli(env, "index")
+    # The combined system retrieves with the fine-tuned embedder (one quick run, the same for every adapter).
+    cli(env, "--config", str(ROOT / "configs" / "cpu-quick.yaml"), "train", "embedder")
     result: dict[str, dict] = {}
     for name, fraction in (("no_replay", 0.0), ("replay", args.fraction)):
         trained = cli({**env, "TUNERAG_TRAIN_GENERATOR__GENERAL_REPLAY_FRACTION": str(fraction)},
