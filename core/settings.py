@@ -249,6 +249,18 @@ class EmbedderTrainingSettings(BaseModel):
     num_train_epochs: float = Field(
         6.0, gt=0, description="Fixed epoch count (no held-out selection by default); 6 beat 3 on the public FAQs."
     )
+    gain_check_fraction: float = Field(
+        0.2,
+        ge=0.0,
+        lt=1.0,
+        description="Before the real run, a pre-check run trains on the other labelled queries and scores this "
+        "held-out share against the base embedder; when tuning does not beat the base by more than "
+        "gain_check_min_gain, the artifact keeps the base model and says so. 0 disables the check.",
+    )
+    gain_check_min_gain: float = Field(0.0, ge=0.0, description="nDCG@10 gain the pre-check must exceed to tune.")
+    gain_check_min_queries: int = Field(
+        8, ge=1, description="Fewer held-out queries than this: no pre-check (too few to estimate a gain), tune."
+    )
     per_device_train_batch_size: int = Field(32, gt=1)
     learning_rate: float = Field(5e-5, gt=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)

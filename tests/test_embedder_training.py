@@ -128,7 +128,7 @@ def test_hard_negatives_never_come_from_the_gold_document() -> None:
 def test_tiny_training_run_writes_a_loadable_artifact_with_a_complete_manifest(settings: Settings) -> None:
     cfg = settings.train_embedder.model_copy(update={
         "synthetic_queries_per_chunk": 0, "max_steps": 4, "learning_rate": 1e-3, "eval_steps": 2,
-        "per_device_train_batch_size": 16, "hard_negatives": 0, "eval_fraction": 0.15,
+        "per_device_train_batch_size": 16, "hard_negatives": 0, "eval_fraction": 0.15, "gain_check_fraction": 0,
     })
     probe = ["How do I void a label?", "What does the Growth plan cost?"]
     before_vectors = load_embedder(settings).encode(probe)
@@ -157,7 +157,7 @@ def test_default_run_trains_on_every_pair_with_inverse_cloze_and_cached_loss(set
     manifest says there was nothing to select on."""
     cfg = settings.train_embedder.model_copy(update={
         "max_steps": 2, "per_device_train_batch_size": 16, "hard_negatives": 0, "corpus_queries_per_chunk": 1,
-        "loss": "cached_mnrl", "mini_batch_size": 8,
+        "loss": "cached_mnrl", "mini_batch_size": 8, "gain_check_fraction": 0,
     })
     assert settings.train_embedder.eval_fraction == 0
     artifact = train_embedder(settings, cfg)
@@ -167,6 +167,42 @@ def test_default_run_trains_on_every_pair_with_inverse_cloze_and_cached_loss(set
     kept = m["pairs"]["kept_by_source"]
     assert kept["corpus"] > 50 and kept["chat"] > 50
     assert m["pairs"]["train"] == sum(kept.values())
+
+
+@pytest.mark.slow
+def test_a_domain_where_tuning_cannot_help_keeps_the_base_embedder_and_says_why(tmp_path: Path) -> None:
+    """Every labelled query is its chunk's exact embedded text: the packaged embedder already ranks each one
+    first (nDCG@10 = 1), no run can gain, so the artifact holds the untouched base model and the manifest says
+    so. (A random-weight model maps every text to nearly one vector, so ties would make this a coin toss.)"""
+    settings = load_settings(data_dir=tmp_path / "var", cache_dir=tmp_path / "cache")
+    chunks = corpus_chunks(settings, [SAMPLE_DIR / "kb"], load_embedder(settings).tokenizer)
+    labelled = tmp_path / "verbatim.jsonl"
+    unique = [c for c in chunks if sum(o.embedding_text() == c.embedding_text() for o in chunks) == 1]
+    labelled.write_text("".join(json.dumps({"question": c.embedding_text(), "doc_id": c.doc_id}) + "\n"
+                                for c in unique))
+    cfg = settings.train_embedder.model_copy(update={
+        "sources": [SAMPLE_DIR / "kb"], "labelled_files": [labelled], "chat_files": [],
+        "synthetic_queries_per_chunk": 0, "corpus_queries_per_chunk": 0, "hard_negatives": 0, "max_steps": 4,
+        "learning_rate": 1e-4, "per_device_train_batch_size": 16,
+    })
+    artifact = train_embedder(settings, cfg)
+    check = artifact.manifest["gain_check"]
+    assert artifact.manifest["kept_base"] is True and check["decision"] == "keep_base"
+    assert check["base"] == 1.0 and check["gain"] <= 0 and check["heldout"] >= cfg.gain_check_min_queries
+    assert "keeping the base model" in check["reason"] and artifact.manifest["global_steps"] == 0
+    probe = ["How do I void a label?", "What does the Growth plan cost?"]
+    tuned = settings.model_copy(update={"models": settings.models.model_copy(update={"embedder": "artifact:latest"})})
+    assert np.allclose(load_embedder(tuned).encode(probe), load_embedder(settings).encode(probe), atol=1e-6)
+    assert not list((artifact.path.parent / ".runs").iterdir()), "the pre-check leaves nothing behind"
+
+
+def test_gain_check_is_skipped_with_too_few_queries_to_estimate_and_tunes(settings: Settings) -> None:
+    cfg = settings.train_embedder.model_copy(update={
+        "max_steps": 2, "per_device_train_batch_size": 16, "hard_negatives": 0, "gain_check_min_queries": 10_000,
+    })
+    m = train_embedder(settings, cfg).manifest
+    assert m["gain_check"]["decision"] == "tune" and "fewer than gain_check_min_queries" in m["gain_check"]["reason"]
+    assert m["kept_base"] is False and m["global_steps"] == 2
 
 
 def test_inverse_cloze_pairs_take_a_sentence_out_of_its_chunk(settings: Settings) -> None:

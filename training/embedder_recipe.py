@@ -2,6 +2,8 @@
 
     setup   -> corpus chunks, (query, doc) pairs from labelled / chat / synthetic / inverse-cloze sources,
                filtering
+    check   -> estimate the gain first: a pre-check run trains on most labelled queries and scores the rest
+               against the base embedder; no gain, no tuning (the artifact keeps the base and says why)
     split   -> optional seeded held-out split of queries (picks the best checkpoint; reported before/after).
                Off by default: with a few hundred pairs a held-out dozen picks checkpoints by noise, and
                every labelled pair is worth more in training (bench/bench_embedder.py)
@@ -33,6 +35,7 @@ from core.settings import EmbedderTrainingSettings, Settings
 from retrieval.chunking import Chunker
 from retrieval.documents import Chunk
 from retrieval.loaders import load_documents
+from retrieval.metrics import PRIMARY_METRIC
 from training import distributed
 from training.embedder_data import (
     QueryPair,
@@ -118,6 +121,53 @@ def build_training_args(cfg: EmbedderTrainingSettings, output_dir: Path, *, batc
     )
 
 
+def _loss(model, cfg: EmbedderTrainingSettings, gather: bool):
+    from sentence_transformers.sentence_transformer.losses import (
+        CachedMultipleNegativesRankingLoss,
+        MatryoshkaLoss,
+        MultipleNegativesRankingLoss,
+    )
+
+    loss = (CachedMultipleNegativesRankingLoss(model, mini_batch_size=cfg.mini_batch_size, gather_across_devices=gather)
+            if cfg.loss == "cached_mnrl" else MultipleNegativesRankingLoss(model, gather_across_devices=gather))
+    return MatryoshkaLoss(model, loss, matryoshka_dims=cfg.matryoshka_dims) if cfg.matryoshka_dims else loss
+
+
+def check_gain(settings: Settings, cfg: EmbedderTrainingSettings, pairs: list[QueryPair],
+               chunks_by_doc: dict[str, list[Chunk]], chunks: list[Chunk], workdir: Path) -> dict[str, Any]:
+    """Estimate what tuning gains before paying for it: train the recipe on the labelled queries outside a
+    seeded ``gain_check_fraction`` share, score that share (document nDCG@10 over the same chunks the index
+    holds) with the base and the pre-check model. ``decision`` is ``tune`` or ``keep_base``."""
+    from sentence_transformers import SentenceTransformerTrainer
+
+    human = [p for p in pairs if p.source != "corpus"]
+    n_heldout = round(len(human) * cfg.gain_check_fraction)
+    if n_heldout < cfg.gain_check_min_queries or len(human) - n_heldout < 2:
+        return {"decision": "tune", "reason": f"{n_heldout} held-out queries, fewer than gain_check_min_queries "
+                f"({cfg.gain_check_min_queries}): no estimate", "heldout": n_heldout}
+    kept, heldout = split_pairs(human, cfg.gain_check_fraction, cfg.seed + 1)
+    train = kept + [p for p in pairs if p.source == "corpus"]
+    evaluator = DocRetrievalEvaluator([p.query for p in heldout], [[p.doc_id] for p in heldout], chunks, name="check")
+    began = time.perf_counter()
+    model = load_embedder(settings, fresh=True)
+    base = evaluator(model)[f"check_{PRIMARY_METRIC}"]
+    dataset = to_dataset(train, chunks_by_doc).remove_columns(["doc_id"])
+    args = build_training_args(cfg, workdir / "gain-check", batch_size=min(cfg.per_device_train_batch_size, len(dataset)),
+                               metric=None, on_cpu=resolve_device(settings) == "cpu")
+    SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset,
+                               loss=_loss(model, cfg, distributed.world_size() > 1)).train()
+    tuned = evaluator(model)[f"check_{PRIMARY_METRIC}"]
+    shutil.rmtree(workdir / "gain-check", ignore_errors=True)
+    gain = tuned - base
+    decision = "tune" if gain > cfg.gain_check_min_gain else "keep_base"
+    return {"decision": decision, "metric": PRIMARY_METRIC, "base": round(base, 4), "tuned": round(tuned, 4),
+            "gain": round(gain, 4), "min_gain": cfg.gain_check_min_gain, "heldout": len(heldout), "train": len(train),
+            "wall_time_s": round(time.perf_counter() - began, 1),
+            "reason": None if decision == "tune" else
+            f"the pre-check run did not beat the base embedder on {len(heldout)} held-out queries "
+            f"({PRIMARY_METRIC} {base:.4f} -> {tuned:.4f}): keeping the base model"}
+
+
 def train_embedder(settings: Settings, cfg: EmbedderTrainingSettings | None = None) -> artifacts.Artifact:
     """Run the recipe and return the finished artifact.
 
@@ -125,11 +175,6 @@ def train_embedder(settings: Settings, cfg: EmbedderTrainingSettings | None = No
         InvalidInputError: fewer than two usable training pairs, or a malformed data file.
     """
     from sentence_transformers import SentenceTransformerTrainer
-    from sentence_transformers.sentence_transformer.losses import (
-        CachedMultipleNegativesRankingLoss,
-        MatryoshkaLoss,
-        MultipleNegativesRankingLoss,
-    )
 
     cfg = cfg or settings.train_embedder
     began = time.perf_counter()
@@ -186,18 +231,19 @@ def train_embedder(settings: Settings, cfg: EmbedderTrainingSettings | None = No
     gather = distributed.world_size() > 1  # in-batch negatives from every rank, as in one process
     # A short run with nothing to resume: an interrupted or failed run leaves no half-written folder behind.
     try:
-        loss = (CachedMultipleNegativesRankingLoss(model, mini_batch_size=cfg.mini_batch_size,
-                                                   gather_across_devices=gather)
-                if cfg.loss == "cached_mnrl" else MultipleNegativesRankingLoss(model, gather_across_devices=gather))
-        if cfg.matryoshka_dims:
-            loss = MatryoshkaLoss(model, loss, matryoshka_dims=cfg.matryoshka_dims)
+        gain_check = (check_gain(settings, cfg, pairs, chunks_by_doc, chunks, workdir)
+                      if cfg.gain_check_fraction > 0 else {"decision": "tune", "reason": "gain_check_fraction is 0"})
+        if gain_check["decision"] == "keep_base":
+            logger.warning("embedder: %s", gain_check["reason"])
+        loss = _loss(model, cfg, gather)
         batch_size = min(cfg.per_device_train_batch_size, len(train_dataset))
         metric = f"eval_{evaluator.primary_metric}" if evaluator else None
         args = build_training_args(cfg, workdir / "checkpoints", batch_size=batch_size, metric=metric,
                                    on_cpu=resolve_device(settings) == "cpu")
         trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_dataset, loss=loss,
                                              evaluator=evaluator)
-        trainer.train()
+        if gain_check["decision"] == "tune":
+            trainer.train()
         after = evaluator(model) if evaluator else None
         if after:
             logger.info("after training: %s", {k: round(v, 4) for k, v in after.items()})
@@ -222,6 +268,8 @@ def train_embedder(settings: Settings, cfg: EmbedderTrainingSettings | None = No
             },
             "corpus": {"sources": [str(s) for s in sources], "chunks": len(chunks), "documents": len(chunks_by_doc)},
             "hyperparameters": cfg.model_dump(mode="json") | {"effective_batch_size": batch_size},
+            "gain_check": gain_check,
+            "kept_base": gain_check["decision"] == "keep_base",
             "metrics_before": before,
             "metrics_after": after,
             "best_checkpoint": trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name,
