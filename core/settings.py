@@ -113,6 +113,17 @@ class RetrievalSettings(BaseModel):
         "corpus's share of CJK characters when an index is built (stored in its manifest).",
     )
     rrf_k: int = Field(60, gt=0, description="Reciprocal-rank-fusion constant.")
+    doc_vector_weight: float = Field(
+        0.7,
+        ge=0.0,
+        le=1.0,
+        description="Dense scores blend each chunk with its document's own vector (the document's head): "
+        "score = (1 - w) * chunk + w * document, so a later chunk of another long document does not outrank "
+        "the right one. 0: chunks alone. Chosen in bench/bench_embedder.py on five public FAQs.",
+    )
+    doc_vector_candidates: int = Field(
+        50, gt=0, description="Chunks fetched per query before blending, plus the chunks of this many best "
+        "documents by their own vector.")
     bm25_weight: float = Field(
         1.0,
         ge=0.0,

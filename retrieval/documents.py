@@ -33,6 +33,11 @@ class Document:
     def content_hash(self) -> str:
         return content_hash(f"{self.title}\n{self.text}\n{sorted(self.metadata.items())}")
 
+    def embedding_text(self) -> str:
+        """What the document-level vector embeds: title and text (the embedder keeps its head, up to its
+        max length)."""
+        return f"{self.title}\n{self.text}"
+
 
 @dataclass(frozen=True)
 class Chunk:

@@ -8,6 +8,7 @@ Layout under ``index_dir``::
         manifest.json            embedder, dimensions, counts, documents with content hashes and chunk ids
         index.faiss              IndexIDMap2 over IndexFlatIP (exact) or IndexHNSWFlat (approximate)
         chunks.jsonl             chunk text and citation metadata, in BM25 order
+        doc_vectors.npy          one vector per document (its head), rows in ``manifest.doc_vector_ids`` order
         bm25/                    bm25s index over the same chunks
 
 A version is written into a hidden staging directory and renamed into place; only then does ``CURRENT``
@@ -83,6 +84,8 @@ class Manifest(BaseModel):
     documents: dict[str, DocumentEntry]
     num_chunks: int
     build: BuildStats
+    doc_vector_ids: list[str] = Field(
+        default_factory=list, description="Row order of doc_vectors.npy (empty: a version built without them).")
 
 
 @dataclass
@@ -95,6 +98,11 @@ class IndexVersion:
     chunks: dict[int, Chunk]
     chunk_order: np.ndarray  # BM25 row -> chunk id
     bm25: bm25s.BM25
+    doc_vectors: np.ndarray | None = None  # one row per document, rows in manifest.doc_vector_ids order
+
+    def __post_init__(self) -> None:
+        self.doc_row = {doc_id: i for i, doc_id in enumerate(self.manifest.doc_vector_ids)}
+        self.chunk_doc_row = {cid: self.doc_row.get(c.doc_id, -1) for cid, c in self.chunks.items()}
 
     @property
     def name(self) -> str:
@@ -161,7 +169,8 @@ def open_version(index_dir: Path, version: str | None = None) -> IndexVersion:
             order.append(chunk.chunk_id)
     bm25 = bm25s.BM25.load(str(path / "bm25"))
     chunk_order = np.asarray(order, dtype=np.int64)
-    return IndexVersion(path, manifest, index, chunks, chunk_order, bm25)
+    doc_vectors = np.load(path / "doc_vectors.npy") if manifest.doc_vector_ids else None
+    return IndexVersion(path, manifest, index, chunks, chunk_order, bm25, doc_vectors)
 
 
 def build_faiss_index(
@@ -183,7 +192,8 @@ def build_faiss_index(
 
 
 def write_version(
-    index_dir: Path, manifest: Manifest, index: faiss.Index, chunks: list[Chunk], bm25: bm25s.BM25
+    index_dir: Path, manifest: Manifest, index: faiss.Index, chunks: list[Chunk], bm25: bm25s.BM25,
+    doc_vectors: np.ndarray | None = None,
 ) -> Path:
     """Write a complete version directory atomically (staging dir + rename). Does not activate it."""
     import faiss
@@ -197,6 +207,10 @@ def write_version(
             for chunk in chunks:
                 fh.write(json.dumps(chunk.to_json(), ensure_ascii=False) + "\n")
         bm25.save(str(staging / "bm25"))
+        if manifest.doc_vector_ids:
+            if doc_vectors is None or len(doc_vectors) != len(manifest.doc_vector_ids):
+                raise ValueError("doc_vectors must have one row per manifest.doc_vector_ids entry")
+            np.save(staging / "doc_vectors.npy", np.ascontiguousarray(doc_vectors, dtype=np.float32))
         (staging / "manifest.json").write_text(manifest.model_dump_json(indent=2))
         final = root / manifest.version
         os.replace(staging, final)

@@ -75,6 +75,24 @@ def choose_bm25_analyzer(settings: Settings, chunks: Sequence[Chunk]) -> bm25.An
     return bm25.detect_analyzer(c.text for c in chunks) if configured == "auto" else configured
 
 
+def _document_vectors(model: SentenceTransformer, documents: Sequence[Document], to_embed: Sequence[Document],
+                      previous: index_store.Manifest | None, index_dir: Path, batch_size: int) -> np.ndarray:
+    """One vector per document, rows in ``documents`` order: unchanged documents keep the previous version's
+    row, the rest (and all of them, when that version has none) are embedded."""
+    old_vectors, old_row = None, {}
+    if previous is not None and previous.doc_vector_ids:
+        old_vectors = np.load(index_store.versions_dir(index_dir) / previous.version / "doc_vectors.npy")
+        old_row = {doc_id: i for i, doc_id in enumerate(previous.doc_vector_ids)}
+    changed = {d.doc_id for d in to_embed}
+    fresh = [d for d in documents if d.doc_id in changed or d.doc_id not in old_row]
+    vectors = encode(model, [d.embedding_text() for d in fresh], batch_size=batch_size)
+    out = np.zeros((len(documents), embedding_dim(model)), dtype=np.float32)
+    fresh_row = {d.doc_id: i for i, d in enumerate(fresh)}
+    for i, d in enumerate(documents):
+        out[i] = vectors[fresh_row[d.doc_id]] if d.doc_id in fresh_row else old_vectors[old_row[d.doc_id]]
+    return out
+
+
 def update_index(
     settings: Settings,
     paths: Sequence[Path] | None = None,
@@ -136,7 +154,7 @@ def update_index(
             removed=len(removed),
             unchanged=len(unchanged),
         )
-        if previous is not None and not to_embed and not removed:
+        if previous is not None and not to_embed and not removed and previous.doc_vector_ids:
             logger.info("index %s is up to date (%d documents)", previous.version, len(unchanged))
             return IndexReport(previous.version, False, mode, len(documents), previous.num_chunks, 0, 0, 0,
                                len(unchanged), 0, previous.index_type, time.perf_counter() - began)
@@ -150,6 +168,7 @@ def update_index(
         new_vectors = encode(model, [c.embedding_text() for c in new_chunks], batch_size=cfg.embed_batch_size,
                              progress=progress, on_progress=stage_progress)
         stats.embedded_chunks = len(new_chunks)
+        doc_vectors = _document_vectors(model, documents, to_embed, previous, index_dir, cfg.embed_batch_size)
 
         kept_chunks: list[Chunk] = []
         kept_vectors = np.zeros((0, embedding_dim(model)), dtype=np.float32)
@@ -197,8 +216,9 @@ def update_index(
             },
             num_chunks=len(all_chunks),
             build=stats,
+            doc_vector_ids=[d.doc_id for d in documents],
         )
-        index_store.write_version(index_dir, manifest, faiss_index, all_chunks, bm25_index)
+        index_store.write_version(index_dir, manifest, faiss_index, all_chunks, bm25_index, doc_vectors)
         index_store.activate(index_dir, version)
         index_store.prune(index_dir, cfg.keep_versions)
         if on_progress:

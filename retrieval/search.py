@@ -90,21 +90,49 @@ class Retriever:
         return SearchResult(c.chunk_id, c.doc_id, c.title, c.heading_path, c.text, float(score), c.source)
 
     def dense_many(self, queries: Sequence[str], k: int, filters: Filters | None = None) -> list[list[SearchResult]]:
+        """Top-``k`` chunks by cosine similarity, blended with their document's vector where the version has
+        document vectors and ``doc_vector_weight`` > 0 (``score`` is then the blend)."""
         import faiss
 
         allowed = self._allowed_ids(filters)
         if allowed is not None and len(allowed) == 0 or self.version.index.ntotal == 0:
             return [[] for _ in queries]
         vectors = encode(self.embedder, queries, batch_size=self.config.embed_batch_size)
+        weight = self.config.doc_vector_weight if self.version.doc_vectors is not None else 0.0
+        depth = k if weight == 0 else max(k, self.config.doc_vector_candidates)
         params = None
         if self.version.manifest.index_type == "hnsw":
-            params = faiss.SearchParametersHNSW(efSearch=max(self.config.hnsw_ef_search, k))
+            params = faiss.SearchParametersHNSW(efSearch=max(self.config.hnsw_ef_search, depth))
         if allowed is not None:
             params = params or faiss.SearchParameters()
             params.sel = faiss.IDSelectorBatch(allowed)
-        scores, ids = self.version.index.search(vectors, k, params=params)
-        return [[self._result(i, s) for i, s in zip(row_ids, row_scores, strict=True) if i >= 0]
-                for row_ids, row_scores in zip(ids, scores, strict=True)]
+        scores, ids = self.version.index.search(vectors, depth, params=params)
+        if weight == 0:
+            return [[self._result(i, s) for i, s in zip(row_ids, row_scores, strict=True) if i >= 0]
+                    for row_ids, row_scores in zip(ids, scores, strict=True)]
+        allowed_set = None if allowed is None else set(allowed.tolist())
+        return [self._blend(vector, row_ids, row_scores, k, weight, allowed_set)
+                for vector, row_ids, row_scores in zip(vectors, ids, scores, strict=True)]
+
+    def _blend(self, vector: np.ndarray, ids: np.ndarray, scores: np.ndarray, k: int, weight: float,
+               allowed: set[int] | None) -> list[SearchResult]:
+        """Each candidate chunk scored ``(1 - weight) * chunk + weight * its document's vector``; candidates are
+        the FAISS hits plus every chunk of the ``k`` best documents by their own vector (so a document whose
+        head matches is not lost because its chunks ranked below the fetch depth)."""
+        version = self.version
+        doc_scores = version.doc_vectors @ vector
+        chunk_scores = {int(i): float(s) for i, s in zip(ids, scores, strict=True) if i >= 0}
+        for row in np.argsort(-doc_scores, kind="stable")[:k]:
+            entry = version.manifest.documents.get(version.manifest.doc_vector_ids[row])
+            for cid in entry.chunk_ids if entry else ():
+                if cid not in chunk_scores and (allowed is None or cid in allowed):
+                    chunk_scores[cid] = float(version.index.reconstruct(cid) @ vector)
+        blended = []
+        for cid, score in chunk_scores.items():
+            row = version.chunk_doc_row.get(cid, -1)
+            blended.append((cid, score if row < 0 else (1 - weight) * score + weight * float(doc_scores[row])))
+        blended.sort(key=lambda item: item[1], reverse=True)
+        return [self._result(cid, s) for cid, s in blended[:k]]
 
     def embed_and_top_score(self, queries: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """The queries' embeddings and each one's best dense score over the whole index (what drift monitoring

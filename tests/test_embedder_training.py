@@ -232,3 +232,33 @@ def test_training_refuses_empty_or_single_pair_data(settings: Settings, tmp_path
         with pytest.raises(InvalidInputError, match="needs at least 2 .* pairs"):
             train_embedder(settings, cfg)
     assert artifacts.list_artifacts(settings, "embedder") == []
+
+
+def test_pairs_target_the_chunk_the_index_stores_not_always_the_first(settings: Settings, tmp_path: Path) -> None:
+    """A long answer is split into several chunks; a question about its end is paired with that chunk, in
+    exactly the text the index embeds for it."""
+    folder = tmp_path / "kb"
+    folder.mkdir()
+    parts = [f"Section {n}: " + " ".join(f"{topic} detail {i}." for i in range(40))
+             for n, topic in enumerate(["billing invoices", "parcel pickup", "webhook signatures"])]
+    (folder / "long-answer.md").write_text("---\nid: long-answer\ntitle: Long answer\n---\n\n" + "\n\n".join(parts))
+    (folder / "other.md").write_text("---\nid: other\ntitle: Other\n---\n\nNothing to see here.\n")
+    tuned = settings.model_copy(update={"retrieval": settings.retrieval.model_copy(
+        update={"sources": [folder], "chunk_size": 64, "chunk_overlap": 8})})
+    update_index(tuned, [folder], rebuild=True)
+    stored = [c for c in index_store_chunks(tuned) if c.doc_id == "long-answer"]
+    assert len(stored) >= 3
+    chunks = corpus_chunks(tuned, [folder], load_embedder(tuned).tokenizer)
+    by_doc: dict[str, list[Chunk]] = {}
+    for c in chunks:
+        by_doc.setdefault(c.doc_id, []).append(c)
+    rows = to_dataset([QueryPair("how are webhook signatures checked", "long-answer", "labelled")], by_doc)
+    positive = rows[0]["positive"]
+    assert positive in {c.embedding_text() for c in stored}, "the positive is a chunk the index holds"
+    assert "webhook signatures" in positive and positive != stored[0].embedding_text()
+
+
+def index_store_chunks(settings: Settings) -> list[Chunk]:
+    from retrieval import index_store
+
+    return sorted(index_store.open_version(settings.paths.index_dir).chunks.values(), key=lambda c: c.position)

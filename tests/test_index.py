@@ -91,6 +91,33 @@ def test_incremental_update_embeds_only_new_and_changed_documents(settings: Sett
         assert np.array_equal(vectors_before[row_before[cid]], vectors_after[row_after[cid]])
     hits = retriever(settings).search("Growth plan price per month", k=3, mode="bm25")
     assert hits[0].doc_id == "billing-plans" and "$59 per month" in hits[0].text
+    # Document vectors follow the same rule: unchanged rows copied, the changed and new ones embedded.
+    doc_before = dict(zip(before.manifest.doc_vector_ids, before.doc_vectors, strict=True))
+    doc_after = dict(zip(after.manifest.doc_vector_ids, after.doc_vectors, strict=True))
+    assert set(doc_after) == set(after.manifest.documents)
+    assert np.array_equal(doc_before["api-webhooks"], doc_after["api-webhooks"])
+    from retrieval.embedding import encode
+    from retrieval.loaders import load_documents
+
+    new = {d.doc_id: d for d in load_documents([kb])}
+    fresh = encode(load_embedder(settings), [new[d].embedding_text() for d in ("billing-plans", "api-sdks")])
+    assert np.allclose(np.stack([doc_after["billing-plans"], doc_after["api-sdks"]]), fresh, atol=1e-5)
+
+
+def test_a_version_without_document_vectors_gets_them_on_the_next_update(settings: Settings, kb: Path) -> None:
+    """Indexes written before document vectors existed still search (chunks alone), and the next update
+    adds the vectors without re-embedding a chunk."""
+    update_index(settings, [kb])
+    old = index_store.open_version(settings.paths.index_dir)
+    manifest = old.manifest.model_copy(update={"doc_vector_ids": []})
+    (old.path / "manifest.json").write_text(manifest.model_dump_json(indent=2))
+    (old.path / "doc_vectors.npy").unlink()
+    legacy = retriever(settings)
+    assert legacy.version.doc_vectors is None and legacy.search("Growth plan price", k=2, mode="dense")
+    report = update_index(settings, [kb])
+    assert report.changed_index and report.embedded_chunks == 0
+    upgraded = index_store.open_version(settings.paths.index_dir)
+    assert upgraded.doc_vectors is not None and len(upgraded.manifest.doc_vector_ids) == len(DOCS)
 
 
 def test_crash_mid_build_leaves_the_previous_version_serving(

@@ -20,8 +20,10 @@ def sample_retriever(settings: Settings) -> Retriever:
 
 def test_dense_search_is_exact_inner_product(sample_retriever: Retriever) -> None:
     version = sample_retriever.version
+    chunks_only = Retriever(version, sample_retriever.embedder,
+                            sample_retriever.config.model_copy(update={"doc_vector_weight": 0.0}))
     query = "How do I rotate an API key?"
-    results = sample_retriever.search(query, k=5, mode="dense")
+    results = chunks_only.search(query, k=5, mode="dense")
     q = encode(sample_retriever.embedder, [query])[0]
     vectors, ids = version.vectors()
     scores = vectors @ q
@@ -30,6 +32,27 @@ def test_dense_search_is_exact_inner_product(sample_retriever: Retriever) -> Non
     # (compared by score, not id, because a random tiny embedder produces near-ties).
     assert [r.score for r in results] == pytest.approx(sorted(scores, reverse=True)[:5], abs=1e-5)
     assert [r.score for r in results] == pytest.approx([float(scores[row[r.chunk_id]]) for r in results], abs=1e-5)
+
+
+def test_dense_scores_blend_each_chunk_with_its_documents_own_vector(sample_retriever: Retriever) -> None:
+    version = sample_retriever.version
+    assert version.doc_vectors is not None and len(version.doc_vectors) == len(version.manifest.documents)
+    weight = sample_retriever.config.doc_vector_weight
+    assert 0 < weight < 1
+    query = "How do I rotate an API key?"
+    q = encode(sample_retriever.embedder, [query])[0]
+    vectors, ids = version.vectors()
+    doc_scores = version.doc_vectors @ q
+    blended = {int(cid): (1 - weight) * float(v @ q) + weight * float(doc_scores[version.chunk_doc_row[int(cid)]])
+               for v, cid in zip(vectors, ids, strict=True)}
+    exhaustive = Retriever(version, sample_retriever.embedder, sample_retriever.config.model_copy(
+        update={"doc_vector_candidates": len(ids)}))
+    results = exhaustive.search(query, k=5, mode="dense")
+    assert [r.score for r in results] == pytest.approx(sorted(blended.values(), reverse=True)[:5], abs=1e-5)
+    for r in sample_retriever.search(query, k=5, mode="dense"):  # default fetch depth: same formula
+        assert r.score == pytest.approx(blended[r.chunk_id], abs=1e-5)
+    ranked = sample_retriever.search(query, k=8, mode="dense")
+    assert all(a.score >= b.score for a, b in zip(ranked, ranked[1:], strict=False))
 
 
 def test_bm25_finds_the_article_by_its_words(sample_retriever: Retriever) -> None:
@@ -84,12 +107,19 @@ def test_hnsw_index_agrees_with_exact_search_on_small_data(settings: Settings) -
     update_index(hnsw, [SAMPLE_DIR / "kb"])
     version = index_store.open_version(settings.paths.index_dir)
     assert version.manifest.index_type == "hnsw"
-    approx = Retriever(version, load_embedder(settings), hnsw.retrieval)
-    exact = Retriever(version, load_embedder(settings), settings.retrieval.model_copy(update={"index_type": "flat"}))
+    chunks_only = hnsw.retrieval.model_copy(update={"doc_vector_weight": 0.0})
+    approx = Retriever(version, load_embedder(settings), chunks_only)
     vectors, ids = version.vectors()
     q = "How do I schedule a pickup?"
-    scores = sorted(vectors @ encode(exact.embedder, [q])[0], reverse=True)[:5]
+    scores = sorted(vectors @ encode(approx.embedder, [q])[0], reverse=True)[:5]
     assert [r.score for r in approx.search(q, k=5, mode="dense")] == pytest.approx(scores, abs=1e-5)
+    # Blending reads chunk vectors back from the HNSW index as it does from the exact one.
+    flat = settings.model_copy(update={"paths": settings.paths.model_copy(update={"data_dir": settings.paths.data_dir / "flat"})})
+    update_index(flat, [SAMPLE_DIR / "kb"])
+    exact = Retriever(index_store.open_version(flat.paths.index_dir), load_embedder(settings), settings.retrieval)
+    blended = Retriever(version, load_embedder(settings), hnsw.retrieval)
+    assert [r.score for r in blended.search(q, k=5, mode="dense")] == pytest.approx(
+        [r.score for r in exact.search(q, k=5, mode="dense")], abs=1e-5)
 
 
 def test_auto_index_type_switches_at_the_threshold(settings: Settings) -> None:

@@ -56,9 +56,15 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def corpus_chunks(settings: Settings, sources: list[Path], tokenizer) -> list[Chunk]:
+def corpus(settings: Settings, sources: list[Path], tokenizer) -> tuple[dict[str, str], list[Chunk]]:
+    """The documents' own embedded texts by id and their chunks, as the index builds them."""
     chunker = Chunker(tokenizer, settings.retrieval.chunk_size, settings.retrieval.chunk_overlap)
-    return [chunk for doc in load_documents(sources) for chunk in chunker.split(doc)]
+    documents = load_documents(sources)
+    return {d.doc_id: d.embedding_text() for d in documents}, [c for d in documents for c in chunker.split(d)]
+
+
+def corpus_chunks(settings: Settings, sources: list[Path], tokenizer) -> list[Chunk]:
+    return corpus(settings, sources, tokenizer)[1]
 
 
 def collect_pairs(settings: Settings, cfg: EmbedderTrainingSettings, chunks: list[Chunk]) -> list[QueryPair]:
@@ -134,7 +140,8 @@ def _loss(model, cfg: EmbedderTrainingSettings, gather: bool):
 
 
 def check_gain(settings: Settings, cfg: EmbedderTrainingSettings, pairs: list[QueryPair],
-               chunks_by_doc: dict[str, list[Chunk]], chunks: list[Chunk], workdir: Path) -> dict[str, Any]:
+               chunks_by_doc: dict[str, list[Chunk]], chunks: list[Chunk], doc_texts: dict[str, str],
+               workdir: Path) -> dict[str, Any]:
     """Estimate what tuning gains before paying for it: train the recipe on the labelled queries outside a
     seeded ``gain_check_fraction`` share, score that share (document nDCG@10 over the same chunks the index
     holds) with the base and the pre-check model. ``decision`` is ``tune`` or ``keep_base``."""
@@ -147,7 +154,8 @@ def check_gain(settings: Settings, cfg: EmbedderTrainingSettings, pairs: list[Qu
                 f"({cfg.gain_check_min_queries}): no estimate", "heldout": n_heldout}
     kept, heldout = split_pairs(human, cfg.gain_check_fraction, cfg.seed + 1)
     train = kept + [p for p in pairs if p.source == "corpus"]
-    evaluator = DocRetrievalEvaluator([p.query for p in heldout], [[p.doc_id] for p in heldout], chunks, name="check")
+    evaluator = DocRetrievalEvaluator([p.query for p in heldout], [[p.doc_id] for p in heldout], chunks, name="check",
+                                      doc_texts=doc_texts, doc_weight=settings.retrieval.doc_vector_weight)
     began = time.perf_counter()
     model = load_embedder(settings, fresh=True)
     base = evaluator(model)[f"check_{PRIMARY_METRIC}"]
@@ -183,7 +191,7 @@ def train_embedder(settings: Settings, cfg: EmbedderTrainingSettings | None = No
     base = resolve_embedder(settings)
     model = load_embedder(settings, fresh=True)
     sources = cfg.sources or list(settings.retrieval.sources)
-    chunks = corpus_chunks(settings, sources, model.tokenizer)
+    doc_texts, chunks = corpus(settings, sources, model.tokenizer)
     chunks_by_doc: dict[str, list[Chunk]] = {}
     for chunk in chunks:
         chunks_by_doc.setdefault(chunk.doc_id, []).append(chunk)
@@ -206,7 +214,8 @@ def train_embedder(settings: Settings, cfg: EmbedderTrainingSettings | None = No
         raise InvalidInputError(f"only {len(train_pairs)} training pair(s) left after the held-out split")
     evaluator = before = None
     if heldout_pairs:
-        evaluator = DocRetrievalEvaluator([p.query for p in heldout_pairs], [[p.doc_id] for p in heldout_pairs], chunks)
+        evaluator = DocRetrievalEvaluator([p.query for p in heldout_pairs], [[p.doc_id] for p in heldout_pairs], chunks,
+                                          doc_texts=doc_texts, doc_weight=settings.retrieval.doc_vector_weight)
         before = evaluator(model)
         logger.info("before training: %s", {k: round(v, 4) for k, v in before.items()})
 
@@ -231,7 +240,7 @@ def train_embedder(settings: Settings, cfg: EmbedderTrainingSettings | None = No
     gather = distributed.world_size() > 1  # in-batch negatives from every rank, as in one process
     # A short run with nothing to resume: an interrupted or failed run leaves no half-written folder behind.
     try:
-        gain_check = (check_gain(settings, cfg, pairs, chunks_by_doc, chunks, workdir)
+        gain_check = (check_gain(settings, cfg, pairs, chunks_by_doc, chunks, doc_texts, workdir)
                       if cfg.gain_check_fraction > 0 else {"decision": "tune", "reason": "gain_check_fraction is 0"})
         if gain_check["decision"] == "keep_base":
             logger.warning("embedder: %s", gain_check["reason"])
