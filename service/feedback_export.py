@@ -20,8 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +29,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from core.errors import InvalidInputError
 from core.prompt import CITATION
 from core.settings import Settings
+from core.staging import staged_dir
 from service.db import Feedback, Message, database_url
 
 RULE = ("grouped by question (case and spacing ignored); a correction beats an up-rating; the most recent wins "
@@ -115,17 +114,9 @@ def export_feedback(settings: Settings, out_dir: Path) -> dict[str, Any]:
             "files": {"chats": "feedback_chats.jsonl", "dpo": "feedback_dpo.jsonl" if pairs else None},
             "next": [f"tunerag train generator --with-feedback {out_dir}"]
             + ([f"tunerag train generator --dpo {out_dir / 'feedback_dpo.jsonl'}"] if len(pairs) >= 2 else [])}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with staged_dir(out_dir) as staging:
         (staging / "feedback_chats.jsonl").write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in chats))
         if pairs:
             (staging / "feedback_dpo.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))
         (staging / "card.json").write_text(json.dumps(card, indent=2))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return card
