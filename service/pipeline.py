@@ -61,6 +61,10 @@ def _stages(inputs: PipelineInputs, out: Path, overrides: dict[str, Any]) -> dic
     def settings() -> Settings:
         return load_settings(out / "data" / "tunerag.yaml", **overrides)
 
+    def recipe_config(s: Settings, section: str) -> Any:
+        """The settings' config for one recipe, with the pipeline's step cap (a quick run) applied."""
+        return getattr(s, section).model_copy(update={"max_steps": inputs.max_steps} if inputs.max_steps else {})
+
     def data() -> dict[str, Any]:
         from onboarding.build import build_data
 
@@ -80,18 +84,17 @@ def _stages(inputs: PipelineInputs, out: Path, overrides: dict[str, Any]) -> dic
         from training.embedder_recipe import train_embedder
 
         s = settings()
-        cfg = s.train_embedder.model_copy(update={"max_steps": inputs.max_steps} if inputs.max_steps else {})
-        artifact = train_embedder(s, cfg)
+        artifact = train_embedder(s, recipe_config(s, "train_embedder"))
         artifacts.activate(s, "embedder", artifact.id)
-        return {"artifact": artifact.id, "metrics_before": artifact.manifest["metrics_before"],
+        return {"artifact": artifact.id, "kept_base": artifact.manifest["kept_base"],
+                "gain_check": artifact.manifest["gain_check"], "metrics_before": artifact.manifest["metrics_before"],
                 "metrics_after": artifact.manifest["metrics_after"]}
 
     def generator() -> dict[str, Any]:
         from training.generator_recipe import train_generator
 
         s = settings()
-        cfg = s.train_generator.model_copy(update={"max_steps": inputs.max_steps} if inputs.max_steps else {})
-        artifact = train_generator(s, cfg)
+        artifact = train_generator(s, recipe_config(s, "train_generator"))
         artifacts.activate(s, "adapter", artifact.id)
         return {"artifact": artifact.id, "final_validation_loss": artifact.manifest["final_validation_loss"],
                 "forgetting": (artifact.manifest.get("forgetting") or {}).get("perplexity")}
@@ -100,9 +103,8 @@ def _stages(inputs: PipelineInputs, out: Path, overrides: dict[str, Any]) -> dic
         from training.verifier_recipe import train_verifier
 
         s = settings()
-        cfg = s.train_verifier.model_copy(update={"max_steps": inputs.max_steps} if inputs.max_steps else {})
         try:
-            artifact = train_verifier(s, cfg)
+            artifact = train_verifier(s, recipe_config(s, "train_verifier"))
         except InvalidInputError as exc:  # too few refusals to learn from: the +verifier systems are skipped
             return {"skipped": str(exc)}
         artifacts.activate(s, "verifier", artifact.id)

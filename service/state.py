@@ -94,27 +94,19 @@ class ServiceState:
         if current is not None and current != self.index_version:
             await self.swap_index()
             changed.append(f"index {current}")
-        adapter = artifacts.active_id(settings, "adapter")
-        if adapter != self.active_adapter and self._unloadable.get("adapter", "") != adapter:
+        serving = {"adapter": self.active_adapter, "verifier": self.verifier.id if self.verifier else None}
+        for kind, use in (("adapter", self._use_adapter), ("verifier", self._use_verifier)):
+            wanted = artifacts.active_id(settings, kind)
+            if wanted == serving[kind] or self._unloadable.get(kind, "") == wanted:
+                continue
             try:
                 async with self._swap_lock:
-                    await self._use_adapter(adapter)
-                changed.append(f"adapter {adapter}")
+                    await use(wanted)
+                changed.append(f"{kind} {wanted}")
             except Exception:
-                self._unloadable["adapter"] = adapter
-                logger.exception("the active adapter pointer names %r, which does not load here; still serving %r",
-                                 adapter, self.active_adapter)
-        verifier = artifacts.active_id(settings, "verifier")
-        serving = self.verifier.id if self.verifier else None
-        if verifier != serving and self._unloadable.get("verifier", "") != verifier:
-            try:
-                async with self._swap_lock:
-                    await self._use_verifier(verifier)
-                changed.append(f"verifier {verifier}")
-            except Exception:
-                self._unloadable["verifier"] = verifier
-                logger.exception("the active verifier pointer names %r, which does not load here; still serving %r",
-                                 verifier, serving)
+                self._unloadable[kind] = wanted
+                logger.exception("the active %s pointer names %r, which does not load here; still serving %r",
+                                 kind, wanted, serving[kind])
         return changed
 
     async def watch(self) -> None:
