@@ -93,7 +93,9 @@ def cluster_env(tmp_path: Path, postgres_url: str, tiny_generator_dir: Path, tin
             "TUNERAG_SERVER__DATABASE_URL": postgres_url,
             "TUNERAG_SERVER__API_KEYS": json.dumps({"admin-key": ["chat", "admin"]}),
             "TUNERAG_SERVER__JOB_LEASE_S": str(LEASE_S), "TUNERAG_SERVER__JOB_POLL_S": "0.2",
-            "TUNERAG_SERVER__WATCH_INTERVAL_S": str(WATCH_S), "TUNERAG_LOG_LEVEL": "INFO"}
+            "TUNERAG_SERVER__WATCH_INTERVAL_S": str(WATCH_S), "TUNERAG_LOG_LEVEL": "INFO",
+            # The tests poll every 0.1 s: the per-key limit (120/min) would answer 429 to a slow machine's polls.
+            "TUNERAG_SERVER__RATE_LIMIT_PER_MINUTE": "100000"}
 
 
 @pytest.fixture
