@@ -37,8 +37,10 @@ def test_dense_search_is_exact_inner_product(sample_retriever: Retriever) -> Non
 def test_dense_scores_blend_each_chunk_with_its_documents_own_vector(sample_retriever: Retriever) -> None:
     version = sample_retriever.version
     assert version.doc_vectors is not None and len(version.doc_vectors) == len(version.manifest.documents)
-    weight = sample_retriever.config.doc_vector_weight
-    assert 0 < weight < 1
+    assert sample_retriever.config.doc_vector_weight == 0, "off by default (a per-domain choice)"
+    weight = 0.7
+    sample_retriever = Retriever(version, sample_retriever.embedder,
+                                 sample_retriever.config.model_copy(update={"doc_vector_weight": weight}))
     query = "How do I rotate an API key?"
     q = encode(sample_retriever.embedder, [query])[0]
     vectors, ids = version.vectors()
@@ -107,7 +109,7 @@ def test_hnsw_index_agrees_with_exact_search_on_small_data(settings: Settings) -
     update_index(hnsw, [SAMPLE_DIR / "kb"])
     version = index_store.open_version(settings.paths.index_dir)
     assert version.manifest.index_type == "hnsw"
-    chunks_only = hnsw.retrieval.model_copy(update={"doc_vector_weight": 0.0})
+    chunks_only = hnsw.retrieval
     approx = Retriever(version, load_embedder(settings), chunks_only)
     vectors, ids = version.vectors()
     q = "How do I schedule a pickup?"
@@ -116,8 +118,10 @@ def test_hnsw_index_agrees_with_exact_search_on_small_data(settings: Settings) -
     # Blending reads chunk vectors back from the HNSW index as it does from the exact one.
     flat = settings.model_copy(update={"paths": settings.paths.model_copy(update={"data_dir": settings.paths.data_dir / "flat"})})
     update_index(flat, [SAMPLE_DIR / "kb"])
-    exact = Retriever(index_store.open_version(flat.paths.index_dir), load_embedder(settings), settings.retrieval)
-    blended = Retriever(version, load_embedder(settings), hnsw.retrieval)
+    blend = {"doc_vector_weight": 0.7}
+    exact = Retriever(index_store.open_version(flat.paths.index_dir), load_embedder(settings),
+                      settings.retrieval.model_copy(update=blend))
+    blended = Retriever(version, load_embedder(settings), hnsw.retrieval.model_copy(update=blend))
     assert [r.score for r in blended.search(q, k=5, mode="dense")] == pytest.approx(
         [r.score for r in exact.search(q, k=5, mode="dense")], abs=1e-5)
 
