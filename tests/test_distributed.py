@@ -48,7 +48,9 @@ def runs(tmp_path: Path, tiny_generator_dir: Path, tiny_embedder_dir: Path) -> d
                 "TUNERAG_TRAIN_GENERATOR__R": "4", "TUNERAG_TRAIN_GENERATOR__TARGET_MODULES": "all-linear",
                 # The same global batch: 1 process x 2 rows, or 2 processes x 1 row.
                 "TUNERAG_TRAIN_GENERATOR__PER_DEVICE_TRAIN_BATCH_SIZE": str(2 // n),
-                "TUNERAG_TRAIN_EMBEDDER__PER_DEVICE_TRAIN_BATCH_SIZE": str(16 // n)}
+                "TUNERAG_TRAIN_EMBEDDER__PER_DEVICE_TRAIN_BATCH_SIZE": str(16 // n),
+                # The training loop is the subject: a random-weight embedder's gain check would keep the base.
+                "TUNERAG_TRAIN_EMBEDDER__GAIN_CHECK_FRACTION": "0"}
             for n in (1, 2)}
 
 
