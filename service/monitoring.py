@@ -29,13 +29,13 @@ WINDOW_SIZE = Gauge("tunerag_monitor_window_queries", "served queries in the dri
 DROPPED = Counter("tunerag_monitor_dropped_total", "served queries not observed because the monitor was behind")
 
 
-def reference_chat_files(settings: Settings) -> list[Any]:
+def reference_chat_files(settings: Settings) -> list[Path]:
     """The chat files the active adapter was trained on (its manifest), else the configured ones."""
     active = artifacts.active_id(settings, "adapter")
     if active:
         manifest = artifacts.get_artifact(settings, "adapter", active).manifest
         sources = (manifest.get("data") or {}).get("sources") or []
-        existing = [s for s in sources if Path(s).is_file()]
+        existing = [Path(s) for s in sources if Path(s).is_file()]  # the manifest holds strings
         if existing:
             return existing
     return [p for p in settings.train_generator.chat_files if p.is_file()]

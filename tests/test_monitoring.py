@@ -125,3 +125,24 @@ def test_in_domain_replay_raises_no_alarm_and_another_domain_raises_one(monitore
         assert "tunerag monitoring: drift detected" in page and page.count('<img alt="drift chart"') == 2
         metrics = client.get("/metrics").text
         assert "tunerag_drift_detected 1.0" in metrics and 'tunerag_drift_p_value{test="embedding_novelty"}' in metrics
+
+
+def test_the_reference_follows_the_active_adapters_training_files(settings: Settings, tmp_path: Path) -> None:
+    """An adapter's manifest names its chat files as strings: the reference reads them (a server with an
+    active adapter once failed to start on them: ``'str' object has no attribute 'is_file'``)."""
+    from core import artifacts
+    from monitoring.monitor import reference_questions
+    from service.monitoring import reference_chat_files
+
+    chats = tmp_path / "team_chats.jsonl"
+    chats.write_text(json.dumps({"doc_ids": ["billing-plans"], "messages": [
+        {"role": "user", "content": "Is there a discount for yearly billing?"},
+        {"role": "assistant", "content": "Yes."}]}) + "\n")
+    artifact_id = artifacts.new_artifact_id("adapter")
+    artifacts.run_dir(settings, "adapter", artifact_id).mkdir(parents=True)
+    artifacts.finalize(settings, "adapter", artifact_id, {"data": {"sources": [str(chats)]}}, keep=[])
+    artifacts.activate(settings, "adapter", artifact_id)
+    files = reference_chat_files(settings)
+    assert files == [chats]
+    questions, _, sources = reference_questions(settings, files)
+    assert "Is there a discount for yearly billing?" in questions and sources[str(chats)] == 1
