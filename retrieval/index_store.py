@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -100,9 +101,11 @@ class IndexVersion:
     bm25: bm25s.BM25
     doc_vectors: np.ndarray | None = None  # one row per document, rows in manifest.doc_vector_ids order
 
-    def __post_init__(self) -> None:
-        self.doc_row = {doc_id: i for i, doc_id in enumerate(self.manifest.doc_vector_ids)}
-        self.chunk_doc_row = {cid: self.doc_row.get(c.doc_id, -1) for cid, c in self.chunks.items()}
+    @cached_property
+    def chunk_doc_row(self) -> dict[int, int]:
+        """Chunk id -> its document's row in ``doc_vectors`` (-1: none); built on first use, by blending only."""
+        doc_row = {doc_id: i for i, doc_id in enumerate(self.manifest.doc_vector_ids)}
+        return {cid: doc_row.get(c.doc_id, -1) for cid, c in self.chunks.items()}
 
     @property
     def name(self) -> str:

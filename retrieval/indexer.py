@@ -76,13 +76,12 @@ def choose_bm25_analyzer(settings: Settings, chunks: Sequence[Chunk]) -> bm25.An
 
 
 def _document_vectors(model: SentenceTransformer, documents: Sequence[Document], to_embed: Sequence[Document],
-                      previous: index_store.Manifest | None, index_dir: Path, batch_size: int) -> np.ndarray:
-    """One vector per document, rows in ``documents`` order: unchanged documents keep the previous version's
-    row, the rest (and all of them, when that version has none) are embedded."""
-    old_vectors, old_row = None, {}
-    if previous is not None and previous.doc_vector_ids:
-        old_vectors = np.load(index_store.versions_dir(index_dir) / previous.version / "doc_vectors.npy")
-        old_row = {doc_id: i for i, doc_id in enumerate(previous.doc_vector_ids)}
+                      old: index_store.IndexVersion | None, batch_size: int) -> np.ndarray:
+    """One vector per document, rows in ``documents`` order: unchanged documents keep the rows of ``old`` (the
+    previous version, opened when it has unchanged documents), the rest (and all of them, when that version
+    has no document vectors) are embedded."""
+    old_vectors = old.doc_vectors if old is not None else None
+    old_row = {doc_id: i for i, doc_id in enumerate(old.manifest.doc_vector_ids)} if old_vectors is not None else {}
     changed = {d.doc_id for d in to_embed}
     fresh = [d for d in documents if d.doc_id in changed or d.doc_id not in old_row]
     vectors = encode(model, [d.embedding_text() for d in fresh], batch_size=batch_size)
@@ -168,10 +167,10 @@ def update_index(
         new_vectors = encode(model, [c.embedding_text() for c in new_chunks], batch_size=cfg.embed_batch_size,
                              progress=progress, on_progress=stage_progress)
         stats.embedded_chunks = len(new_chunks)
-        doc_vectors = _document_vectors(model, documents, to_embed, previous, index_dir, cfg.embed_batch_size)
 
         kept_chunks: list[Chunk] = []
         kept_vectors = np.zeros((0, embedding_dim(model)), dtype=np.float32)
+        old = None
         if unchanged:
             old = index_store.open_version(index_dir, previous.version)
             vectors, ids = old.vectors()
@@ -179,6 +178,7 @@ def update_index(
             row = {int(cid): i for i, cid in enumerate(ids)}
             kept_vectors = vectors[[row[cid] for cid in keep_ids]]
             kept_chunks = [old.chunks[cid] for cid in keep_ids]
+        doc_vectors = _document_vectors(model, documents, to_embed, old, cfg.embed_batch_size)
 
         all_chunks = kept_chunks + new_chunks
         all_vectors = np.vstack([kept_vectors, new_vectors]) if len(all_chunks) else kept_vectors

@@ -139,6 +139,20 @@ def _loss(model, cfg: EmbedderTrainingSettings, gather: bool):
     return MatryoshkaLoss(model, loss, matryoshka_dims=cfg.matryoshka_dims) if cfg.matryoshka_dims else loss
 
 
+def split_human_queries(pairs: list[QueryPair], fraction: float, seed: int) -> tuple[list[QueryPair], list[QueryPair]]:
+    """(training pairs, held-out pairs): a seeded share of the human-written queries held out; inverse-cloze
+    corpus sentences always train (held out, they would flatter the numbers)."""
+    kept, heldout = split_pairs([p for p in pairs if p.source != "corpus"], fraction, seed)
+    return kept + [p for p in pairs if p.source == "corpus"], heldout
+
+
+def heldout_evaluator(settings: Settings, heldout: list[QueryPair], chunks: list[Chunk], doc_texts: dict[str, str],
+                      name: str = "heldout") -> DocRetrievalEvaluator:
+    """Document retrieval of ``heldout`` over ``chunks``, ranked the way the index ranks them."""
+    return DocRetrievalEvaluator([p.query for p in heldout], [[p.doc_id] for p in heldout], chunks, name=name,
+                                 doc_texts=doc_texts, doc_weight=settings.retrieval.doc_vector_weight)
+
+
 def check_gain(settings: Settings, cfg: EmbedderTrainingSettings, pairs: list[QueryPair],
                chunks_by_doc: dict[str, list[Chunk]], chunks: list[Chunk], doc_texts: dict[str, str],
                workdir: Path) -> dict[str, Any]:
@@ -152,10 +166,8 @@ def check_gain(settings: Settings, cfg: EmbedderTrainingSettings, pairs: list[Qu
     if n_heldout < cfg.gain_check_min_queries or len(human) - n_heldout < 2:
         return {"decision": "tune", "reason": f"{n_heldout} held-out queries, fewer than gain_check_min_queries "
                 f"({cfg.gain_check_min_queries}): no estimate", "heldout": n_heldout}
-    kept, heldout = split_pairs(human, cfg.gain_check_fraction, cfg.seed + 1)
-    train = kept + [p for p in pairs if p.source == "corpus"]
-    evaluator = DocRetrievalEvaluator([p.query for p in heldout], [[p.doc_id] for p in heldout], chunks, name="check",
-                                      doc_texts=doc_texts, doc_weight=settings.retrieval.doc_vector_weight)
+    train, heldout = split_human_queries(pairs, cfg.gain_check_fraction, cfg.seed + 1)
+    evaluator = heldout_evaluator(settings, heldout, chunks, doc_texts, name="check")
     began = time.perf_counter()
     model = load_embedder(settings, fresh=True)
     base = evaluator(model)[f"check_{PRIMARY_METRIC}"]
@@ -207,15 +219,12 @@ def train_embedder(settings: Settings, cfg: EmbedderTrainingSettings | None = No
     # --- split (held-out queries are human ones: inverse-cloze sentences would flatter the numbers)
     train_pairs, heldout_pairs = pairs, []
     if cfg.eval_fraction > 0:
-        human = [p for p in pairs if p.source != "corpus"]
-        kept, heldout_pairs = split_pairs(human, cfg.eval_fraction, cfg.seed)
-        train_pairs = kept + [p for p in pairs if p.source == "corpus"]
+        train_pairs, heldout_pairs = split_human_queries(pairs, cfg.eval_fraction, cfg.seed)
     if len(train_pairs) < 2:
         raise InvalidInputError(f"only {len(train_pairs)} training pair(s) left after the held-out split")
     evaluator = before = None
     if heldout_pairs:
-        evaluator = DocRetrievalEvaluator([p.query for p in heldout_pairs], [[p.doc_id] for p in heldout_pairs], chunks,
-                                          doc_texts=doc_texts, doc_weight=settings.retrieval.doc_vector_weight)
+        evaluator = heldout_evaluator(settings, heldout_pairs, chunks, doc_texts)
         before = evaluator(model)
         logger.info("before training: %s", {k: round(v, 4) for k, v in before.items()})
 
