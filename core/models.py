@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 PACKAGE_PREFIX = "package:"
 ARTIFACT_PREFIX = "artifact:"
 _CACHE_MARKER = "tunerag-source.json"
+RETRIEVAL_HINTS_FILE = "tunerag-retrieval.json"  # in an embedder folder: how the recipe wants it to rank
 _conversion_lock = threading.Lock()
 
 # What to tell a user when a default package is missing.
@@ -109,6 +110,23 @@ def resolve_embedder(settings: Settings) -> ResolvedModel:
             raise ModelNotFoundError(f"embedder folder not found: {path} (set {env_var} to an existing folder)")
         return ResolvedModel(spec, "path", str(path))
     return ResolvedModel(spec, "hub", spec)
+
+
+def embedder_doc_vector_weight(location: str) -> float:
+    """The document-vector weight a tunerag recipe chose for the embedder at ``location`` (0.0: none chose)."""
+    hints = Path(location) / RETRIEVAL_HINTS_FILE
+    if not hints.is_file():
+        return 0.0
+    try:
+        return float(json.loads(hints.read_text())["doc_vector_weight"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelNotFoundError(f"{hints} is malformed ({exc}); retrain the embedder or delete the file") from exc
+
+
+def write_embedder_retrieval_hints(model_dir: Path, doc_vector_weight: float, evidence: dict) -> None:
+    """Store beside the weights how the model should rank (read back by :func:`embedder_doc_vector_weight`)."""
+    (Path(model_dir) / RETRIEVAL_HINTS_FILE).write_text(
+        json.dumps({"doc_vector_weight": doc_vector_weight, "evidence": evidence}, indent=2) + "\n")
 
 
 def _find_gguf(folder: Path, wanted: str | None) -> str | None:

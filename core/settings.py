@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
@@ -113,15 +113,14 @@ class RetrievalSettings(BaseModel):
         "corpus's share of CJK characters when an index is built (stored in its manifest).",
     )
     rrf_k: int = Field(60, gt=0, description="Reciprocal-rank-fusion constant.")
-    doc_vector_weight: float = Field(
-        0.0,
-        ge=0.0,
-        le=1.0,
+    doc_vector_weight: Annotated[float, Field(ge=0.0, le=1.0)] | Literal["auto"] = Field(
+        "auto",
         description="Dense scores blend each chunk with its document's own vector (the document's head): "
         "score = (1 - w) * chunk + w * document, so a later chunk of another long document does not outrank "
-        "the right one. 0 (default): chunks alone. bench/bench_embedder.py: 0.5 helps FAQs whose answers are "
-        "long (Debian FAQ, base: 0.773 -> 0.827 at 0.7) and costs help-center articles whose answer sits in "
-        "one section (sample domain, tuned: 0.983 -> 0.952 at 0.5), so it is a per-domain choice.",
+        "the right one; 0: chunks alone. auto (default): the weight `tunerag train embedder` chose for its model "
+        "on questions that model never trained on (stored in the model folder and the index manifest); 0 for a "
+        "model no recipe tuned. A per-domain choice: bench/bench_embedder.py, base embedder: 0.7 lifts the "
+        "Debian FAQ 0.773 -> 0.827 and costs the sample help center 0.956 -> 0.902.",
     )
     doc_vector_candidates: int = Field(
         50, gt=0, description="Chunks fetched per query before blending, plus the chunks of this many best "
@@ -242,6 +241,13 @@ class EmbedderTrainingSettings(BaseModel):
         description="Inverse-cloze pairs: up to N sentences of each chunk become queries for the rest of the chunk "
         "(needs no generator; multiplies pairs for a small labelled set).",
     )
+    positive: Literal["chunk", "document", "both"] = Field(
+        "document",
+        description="What a query is paired with: the best-matching chunk of its document (what the index's chunk "
+        "vectors hold), the document's own text (what its document vector holds, the embedder's head of it), or "
+        "one row of each for documents of more than one chunk. document (default): at 3 epochs it matched or beat "
+        "the chunk pairing at 6 on the long-answer FAQs (bench/RESULTS.md) for half the cost.",
+    )
     hard_negatives: int = Field(
         0, ge=0, description="Mined hard negatives per pair (0: in-batch negatives only, the default: on FAQ corpora "
         "with near-duplicate answers mined negatives cost nDCG, bench/RESULTS.md).",
@@ -260,7 +266,8 @@ class EmbedderTrainingSettings(BaseModel):
         "num_train_epochs (the default: with a few hundred pairs, a held-out dozen picks checkpoints by noise).",
     )
     num_train_epochs: float = Field(
-        6.0, gt=0, description="Fixed epoch count (no held-out selection by default); 6 beat 3 on the public FAQs."
+        3.0, gt=0, description="Fixed epoch count (no held-out selection by default). 3 with document positives: "
+        "with the gain check (a second run on 80%) the recipe costs ~1.8x the plain 3-epoch one, under 2x."
     )
     gain_check_fraction: float = Field(
         0.2,
@@ -273,6 +280,12 @@ class EmbedderTrainingSettings(BaseModel):
     gain_check_min_gain: float = Field(0.0, ge=0.0, description="nDCG@10 gain the pre-check must exceed to tune.")
     gain_check_min_queries: int = Field(
         8, ge=1, description="Fewer held-out queries than this: no pre-check (too few to estimate a gain), tune."
+    )
+    doc_vector_weights: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        default_factory=lambda: [0.0, 0.3, 0.5, 0.7, 1.0], min_length=1,
+        description="Document-vector weights tried when retrieval.doc_vector_weight is auto: the one that ranks "
+        "best on questions the scoring model never trained on (the gain check's held-out share, else the "
+        "training questions scored with the base model) is stored with the model.",
     )
     per_device_train_batch_size: int = Field(32, gt=1)
     learning_rate: float = Field(5e-5, gt=0)

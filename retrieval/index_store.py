@@ -87,6 +87,9 @@ class Manifest(BaseModel):
     build: BuildStats
     doc_vector_ids: list[str] = Field(
         default_factory=list, description="Row order of doc_vectors.npy (empty: a version built without them).")
+    doc_vector_weight: float = Field(
+        0.0, ge=0.0, le=1.0, description="The blend weight the embedder's recipe chose (retrieval.doc_vector_weight "
+        "auto uses it); 0 for an embedder no recipe tuned.")
 
 
 @dataclass

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from core.errors import ConflictError, InvalidInputError
-from core.models import load_embedder, resolve_embedder
+from core.models import embedder_doc_vector_weight, load_embedder, resolve_embedder
 from core.settings import Settings
 from retrieval import bm25, index_store
 from retrieval.chunking import Chunker
@@ -217,6 +217,7 @@ def update_index(
             num_chunks=len(all_chunks),
             build=stats,
             doc_vector_ids=[d.doc_id for d in documents],
+            doc_vector_weight=embedder_doc_vector_weight(location),
         )
         index_store.write_version(index_dir, manifest, faiss_index, all_chunks, bm25_index, doc_vectors)
         index_store.activate(index_dir, version)

@@ -68,6 +68,14 @@ def doc_ranking(results: Sequence[SearchResult]) -> list[str]:
     return list(seen)
 
 
+def resolve_doc_vector_weight(config: RetrievalSettings, version: IndexVersion) -> float:
+    """The blend weight a search uses: the setting when it is a number, else (``auto``) the one the index
+    recorded from its embedder's recipe; 0 for a version without document vectors."""
+    if version.doc_vectors is None:
+        return 0.0
+    return version.manifest.doc_vector_weight if config.doc_vector_weight == "auto" else config.doc_vector_weight
+
+
 class Retriever:
     """Dense, BM25 and hybrid search over one index version.
 
@@ -79,6 +87,7 @@ class Retriever:
 
     def __init__(self, version: IndexVersion, embedder: SentenceTransformer, config: RetrievalSettings) -> None:
         self.version, self.embedder, self.config = version, embedder, config
+        self.doc_vector_weight = resolve_doc_vector_weight(config, version)
 
     def _allowed_ids(self, filters: Filters | None) -> np.ndarray | None:
         if not filters:
@@ -98,7 +107,7 @@ class Retriever:
         if allowed is not None and len(allowed) == 0 or self.version.index.ntotal == 0:
             return [[] for _ in queries]
         vectors = encode(self.embedder, queries, batch_size=self.config.embed_batch_size)
-        weight = self.config.doc_vector_weight if self.version.doc_vectors is not None else 0.0
+        weight = self.doc_vector_weight
         depth = k if weight == 0 else max(k, self.config.doc_vector_candidates)
         params = None
         if self.version.manifest.index_type == "hnsw":

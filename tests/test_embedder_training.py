@@ -14,6 +14,7 @@ from core.errors import InvalidInputError
 from core.models import load_embedder, resolve_embedder
 from core.settings import SAMPLE_DIR, Settings, load_settings
 from retrieval.documents import Chunk, chunk_id_for
+from retrieval.index_store import open_version
 from retrieval.indexer import update_index
 from training import embedder_data
 from training.embedder_data import (
@@ -27,7 +28,7 @@ from training.embedder_data import (
     synthetic_pairs,
     to_dataset,
 )
-from training.embedder_recipe import corpus_chunks, train_embedder
+from training.embedder_recipe import corpus, corpus_chunks, train_embedder
 
 
 def chunk(doc_id: str, text: str, position: int = 0) -> Chunk:
@@ -190,6 +191,9 @@ def test_a_domain_where_tuning_cannot_help_keeps_the_base_embedder_and_says_why(
     assert artifact.manifest["kept_base"] is True and check["decision"] == "keep_base"
     assert check["base"] == 1.0 and check["gain"] <= 0 and check["heldout"] >= cfg.gain_check_min_queries
     assert "keeping the base model" in check["reason"] and artifact.manifest["global_steps"] == 0
+    weight = artifact.manifest["doc_vector_weight"]
+    assert "gain check" in weight["chosen_on"] and set(weight["ndcg@10_by_weight"]) == {"base", "tuned"}
+    assert weight["ndcg@10_by_weight"]["base"][str(weight["chosen"])] == 1.0, "keeping the base: its best weight"
     probe = ["How do I void a label?", "What does the Growth plan cost?"]
     tuned = settings.model_copy(update={"models": settings.models.model_copy(update={"embedder": "artifact:latest"})})
     assert np.allclose(load_embedder(tuned).encode(probe), load_embedder(settings).encode(probe), atol=1e-6)
@@ -203,6 +207,24 @@ def test_gain_check_is_skipped_with_too_few_queries_to_estimate_and_tunes(settin
     m = train_embedder(settings, cfg).manifest
     assert m["gain_check"]["decision"] == "tune" and "fewer than gain_check_min_queries" in m["gain_check"]["reason"]
     assert m["kept_base"] is False and m["global_steps"] == 2
+    # With no held-out share, the weight is chosen by the base embedder on the labelled queries it never saw,
+    # stored beside the weights, and carried into the index the tuned model builds.
+    weight = m["doc_vector_weight"]
+    assert weight["chosen"] in cfg.doc_vector_weights and "base embedder" in weight["chosen_on"]
+    assert set(weight["ndcg@10_by_weight"]["base"]) == {str(w) for w in cfg.doc_vector_weights}
+    best = max(weight["ndcg@10_by_weight"]["base"].values())
+    assert weight["ndcg@10_by_weight"]["base"][str(weight["chosen"])] == best
+    tuned = settings.model_copy(update={"models": settings.models.model_copy(update={"embedder": "artifact:latest"})})
+    update_index(tuned, [SAMPLE_DIR / "kb"], rebuild=True)
+    assert open_version(tuned.paths.index_dir).manifest.doc_vector_weight == weight["chosen"]
+
+
+def test_a_fixed_doc_vector_weight_is_not_searched(settings: Settings) -> None:
+    fixed = settings.model_copy(update={"retrieval": settings.retrieval.model_copy(update={"doc_vector_weight": 0.3})})
+    cfg = settings.train_embedder.model_copy(update={"max_steps": 1, "per_device_train_batch_size": 16,
+                                                     "gain_check_fraction": 0})
+    weight = train_embedder(fixed, cfg).manifest["doc_vector_weight"]
+    assert weight == {"chosen": 0.3, "chosen_on": "setting"}
 
 
 def test_inverse_cloze_pairs_take_a_sentence_out_of_its_chunk(settings: Settings) -> None:
@@ -256,6 +278,17 @@ def test_pairs_target_the_chunk_the_index_stores_not_always_the_first(settings: 
     positive = rows[0]["positive"]
     assert positive in {c.embedding_text() for c in stored}, "the positive is a chunk the index holds"
     assert "webhook signatures" in positive and positive != stored[0].embedding_text()
+
+    doc_texts = corpus(tuned, [folder], load_embedder(tuned).tokenizer)[0]
+    assert "Section 2" in doc_texts["long-answer"]
+    document = to_dataset([QueryPair("how are webhook signatures checked", "long-answer", "labelled")], by_doc,
+                          doc_texts=doc_texts, positive="document")
+    assert [r["positive"] for r in document] == [doc_texts["long-answer"]], "what the document vector embeds"
+    both = to_dataset([QueryPair("how are webhook signatures checked", "long-answer", "labelled"),
+                       QueryPair("anything to see", "other", "labelled")], by_doc, doc_texts=doc_texts, positive="both")
+    assert [r["positive"] for r in both] == [positive, doc_texts["long-answer"], by_doc["other"][0].embedding_text()]
+    with pytest.raises(ValueError, match="needs the documents' texts"):
+        to_dataset([QueryPair("q", "other", "labelled")], by_doc, positive="document")
 
 
 def index_store_chunks(settings: Settings) -> list[Chunk]:

@@ -37,7 +37,8 @@ def test_dense_search_is_exact_inner_product(sample_retriever: Retriever) -> Non
 def test_dense_scores_blend_each_chunk_with_its_documents_own_vector(sample_retriever: Retriever) -> None:
     version = sample_retriever.version
     assert version.doc_vectors is not None and len(version.doc_vectors) == len(version.manifest.documents)
-    assert sample_retriever.config.doc_vector_weight == 0, "off by default (a per-domain choice)"
+    assert sample_retriever.config.doc_vector_weight == "auto"
+    assert sample_retriever.doc_vector_weight == 0, "an embedder no recipe tuned ranks by chunks alone"
     weight = 0.7
     sample_retriever = Retriever(version, sample_retriever.embedder,
                                  sample_retriever.config.model_copy(update={"doc_vector_weight": weight}))
@@ -55,6 +56,28 @@ def test_dense_scores_blend_each_chunk_with_its_documents_own_vector(sample_retr
         assert r.score == pytest.approx(blended[r.chunk_id], abs=1e-5)
     ranked = sample_retriever.search(query, k=8, mode="dense")
     assert all(a.score >= b.score for a, b in zip(ranked, ranked[1:], strict=False))
+
+
+def test_auto_weight_is_the_one_stored_with_the_embedder(settings: Settings, tiny_embedder_dir, tmp_path) -> None:
+    import shutil
+
+    from core.models import write_embedder_retrieval_hints
+
+    tuned = tmp_path / "tuned-embedder"
+    shutil.copytree(tiny_embedder_dir, tuned)
+    write_embedder_retrieval_hints(tuned, 0.7, {"chosen_on": "test"})
+    update_index(settings, [SAMPLE_DIR / "kb"], embedder_location=str(tuned))
+    version = index_store.open_version(settings.paths.index_dir)
+    assert version.manifest.doc_vector_weight == 0.7
+    embedder = load_embedder(settings, str(tuned))
+    auto = Retriever(version, embedder, settings.retrieval)
+    fixed = Retriever(version, embedder, settings.retrieval.model_copy(update={"doc_vector_weight": 0.7}))
+    chunks_only = Retriever(version, embedder, settings.retrieval.model_copy(update={"doc_vector_weight": 0.0}))
+    assert (auto.doc_vector_weight, chunks_only.doc_vector_weight) == (0.7, 0.0), "a number in the settings wins"
+    query = "How do I rotate an API key?"
+    assert [r.score for r in auto.search(query, k=5)] == pytest.approx([r.score for r in fixed.search(query, k=5)])
+    assert [r.score for r in auto.search(query, k=5)] != pytest.approx(
+        [r.score for r in chunks_only.search(query, k=5)])
 
 
 def test_bm25_finds_the_article_by_its_words(sample_retriever: Retriever) -> None:

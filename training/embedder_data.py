@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -249,16 +249,27 @@ def best_chunk(query: str, chunks: Sequence[Chunk]) -> Chunk:
     return max(chunks, key=lambda c: (len(q & set(normalize_query(c.embedding_text()).split())), -c.position))
 
 
-def to_dataset(pairs: Sequence[QueryPair], chunks_by_doc: dict[str, list[Chunk]]) -> Dataset:
-    """(anchor, positive, doc_id) rows; the positive is the pair's own text, else the best-matching chunk of
-    the gold document."""
+def to_dataset(pairs: Sequence[QueryPair], chunks_by_doc: dict[str, list[Chunk]], *,
+               doc_texts: Mapping[str, str] | None = None, positive: str = "chunk") -> Dataset:
+    """(anchor, positive, doc_id) rows. The positive is the pair's own text when it has one, else:
+    ``chunk``: the best-matching chunk of the gold document; ``document``: the document's own embedded text
+    (what its document vector holds); ``both``: one row of each (one row when the document is one chunk)."""
     from datasets import Dataset
 
-    return Dataset.from_list([
-        {"anchor": p.query, "doc_id": p.doc_id,
-         "positive": p.positive or best_chunk(p.query, chunks_by_doc[p.doc_id]).embedding_text()}
-        for p in pairs
-    ])
+    if positive != "chunk" and doc_texts is None:
+        raise ValueError(f"positive={positive!r} needs the documents' texts")
+    rows = []
+    for p in pairs:
+        if p.positive:
+            rows.append({"anchor": p.query, "doc_id": p.doc_id, "positive": p.positive})
+            continue
+        texts = []
+        if positive in ("chunk", "both"):
+            texts.append(best_chunk(p.query, chunks_by_doc[p.doc_id]).embedding_text())
+        if positive == "document" or (positive == "both" and len(chunks_by_doc[p.doc_id]) > 1):
+            texts.append(doc_texts[p.doc_id])
+        rows += [{"anchor": p.query, "doc_id": p.doc_id, "positive": t} for t in texts]
+    return Dataset.from_list(rows)
 
 
 def add_hard_negatives(

@@ -34,25 +34,42 @@ class DocRetrievalEvaluator(SentenceEvaluator):
         self.doc_texts, self.doc_weight = dict(doc_texts or {}), doc_weight if doc_texts else 0.0
         self.primary_metric = PRIMARY_METRIC
 
-    def rankings(self, model) -> list[list[str]]:
-        corpus = model.encode([c.embedding_text() for c in self.chunks], batch_size=self.batch_size,
-                              normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
-        queries = model.encode(self.queries, batch_size=self.batch_size, normalize_embeddings=True,
-                               convert_to_numpy=True, show_progress_bar=False)
-        scores = queries @ corpus.T
-        if self.doc_weight > 0:
-            doc_ids = list(self.doc_texts)
-            docs = model.encode([self.doc_texts[d] for d in doc_ids], batch_size=self.batch_size,
-                                normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
-            column = {d: i for i, d in enumerate(doc_ids)}
-            of_chunk = np.asarray([column[c.doc_id] for c in self.chunks])
-            scores = (1 - self.doc_weight) * scores + self.doc_weight * (queries @ docs.T)[:, of_chunk]
+    def _similarities(self, model, with_docs: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """(query x chunk scores, query x chunk scores of each chunk's document vector or None)."""
+        encode = lambda texts: model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,  # noqa: E731
+                                            convert_to_numpy=True, show_progress_bar=False)
+        queries = encode(self.queries)
+        chunk_scores = queries @ encode([c.embedding_text() for c in self.chunks]).T
+        if not self.doc_texts or not with_docs:
+            return chunk_scores, None
+        doc_ids = list(self.doc_texts)
+        column = {d: i for i, d in enumerate(doc_ids)}
+        of_chunk = np.asarray([column[c.doc_id] for c in self.chunks])
+        return chunk_scores, (queries @ encode([self.doc_texts[d] for d in doc_ids]).T)[:, of_chunk]
+
+    def _rank(self, scores: np.ndarray) -> list[list[str]]:
         out = []
         for row in np.argsort(-scores, axis=1, kind="stable")[:, :50]:
             ranked: dict[str, None] = {}
             for i in row:
                 ranked.setdefault(self.chunks[i].doc_id, None)
             out.append(list(ranked))
+        return out
+
+    def rankings(self, model, doc_weight: float | None = None) -> list[list[str]]:
+        weight = self.doc_weight if doc_weight is None else doc_weight
+        chunk_scores, doc_scores = self._similarities(model, with_docs=weight > 0)
+        if weight == 0 or doc_scores is None:
+            return self._rank(chunk_scores)
+        return self._rank((1 - weight) * chunk_scores + weight * doc_scores)
+
+    def sweep(self, model, weights: Sequence[float]) -> dict[float, float]:
+        """The primary metric at each document-vector weight, from one encoding of queries and corpus."""
+        chunk_scores, doc_scores = self._similarities(model, with_docs=any(w > 0 for w in weights))
+        out = {}
+        for w in weights:
+            scores = chunk_scores if w == 0 or doc_scores is None else (1 - w) * chunk_scores + w * doc_scores
+            out[w] = retrieval_metrics(self._rank(scores), self.gold)[self.primary_metric]
         return out
 
     def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:

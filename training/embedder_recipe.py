@@ -3,15 +3,16 @@
     setup   -> corpus chunks, (query, doc) pairs from labelled / chat / synthetic / inverse-cloze sources,
                filtering
     check   -> estimate the gain first: a pre-check run trains on most labelled queries and scores the rest
-               against the base embedder; no gain, no tuning (the artifact keeps the base and says why)
+               against the base embedder; no gain, no tuning (the artifact keeps the base and says why).
+               The same held-out share picks the document-vector weight the index will rank with
     split   -> optional seeded held-out split of queries (picks the best checkpoint; reported before/after).
                Off by default: with a few hundred pairs a held-out dozen picks checkpoints by noise, and
                every labelled pair is worth more in training (bench/bench_embedder.py)
     mine    -> hard negatives with the *current* embedder, margin-filtered, never from the gold document
     train   -> SentenceTransformerTrainer + MultipleNegativesRankingLoss (no-duplicates batches; the cached
                form for large batches), optionally wrapped in MatryoshkaLoss
-    save    -> a versioned artifact: model/ + manifest.json (base model, data hash, pair counts,
-               hyperparameters, before/after metrics, wall time)
+    save    -> a versioned artifact: model/ (with the chosen weight beside the weights) + manifest.json (base
+               model, data hash, pair counts, hyperparameters, gain check, before/after metrics, wall time)
 
 Interrupting (Ctrl-C) leaves checkpoints in the run directory and no artifact; nothing half-written is
 ever visible under ``artifacts/embedder/``.
@@ -30,7 +31,13 @@ from typing import TYPE_CHECKING, Any
 
 from core import artifacts
 from core.errors import InvalidInputError
-from core.models import load_embedder, load_generator, resolve_device, resolve_embedder
+from core.models import (
+    load_embedder,
+    load_generator,
+    resolve_device,
+    resolve_embedder,
+    write_embedder_retrieval_hints,
+)
 from core.settings import EmbedderTrainingSettings, Settings
 from retrieval.chunking import Chunker
 from retrieval.documents import Chunk
@@ -146,11 +153,40 @@ def split_human_queries(pairs: list[QueryPair], fraction: float, seed: int) -> t
     return kept + [p for p in pairs if p.source == "corpus"], heldout
 
 
-def heldout_evaluator(settings: Settings, heldout: list[QueryPair], chunks: list[Chunk], doc_texts: dict[str, str],
+def heldout_evaluator(heldout: list[QueryPair], chunks: list[Chunk], doc_texts: dict[str, str], doc_weight: float,
                       name: str = "heldout") -> DocRetrievalEvaluator:
     """Document retrieval of ``heldout`` over ``chunks``, ranked the way the index ranks them."""
     return DocRetrievalEvaluator([p.query for p in heldout], [[p.doc_id] for p in heldout], chunks, name=name,
-                                 doc_texts=doc_texts, doc_weight=settings.retrieval.doc_vector_weight)
+                                 doc_texts=doc_texts, doc_weight=doc_weight)
+
+
+def candidate_weights(settings: Settings, cfg: EmbedderTrainingSettings) -> list[float]:
+    """The document-vector weights to choose from: the setting alone when it is a number."""
+    fixed = settings.retrieval.doc_vector_weight
+    return sorted(set(cfg.doc_vector_weights)) if fixed == "auto" else [fixed]
+
+
+def best_weight(scores: dict[float, float]) -> float:
+    """The best-scoring weight; ties go to the smaller one (closer to plain chunk ranking)."""
+    return max(scores, key=lambda w: (scores[w], -w))
+
+
+def choose_weight_on_base(settings: Settings, cfg: EmbedderTrainingSettings, pairs: list[QueryPair],
+                          chunks: list[Chunk], doc_texts: dict[str, str]) -> dict[str, Any]:
+    """With no gain check: the weight the base embedder ranks best with on the labelled queries (it never
+    trained on them)."""
+    human = [p for p in pairs if p.source != "corpus"]
+    weights = candidate_weights(settings, cfg)
+    if len(weights) == 1 or not human:
+        return {"chosen": weights[0] if len(weights) == 1 else 0.0, "chosen_on": "setting" if len(weights) == 1
+                else "no labelled queries: chunks alone"}
+    scores = heldout_evaluator(human, chunks, doc_texts, 0.0, name="weights").sweep(load_embedder(settings), weights)
+    return {"chosen": best_weight(scores), "chosen_on": f"base embedder, {len(human)} labelled training queries",
+            f"{PRIMARY_METRIC}_by_weight": {"base": _rounded(scores)}}
+
+
+def _rounded(scores: dict[float, float]) -> dict[str, float]:
+    return {str(w): round(v, 4) for w, v in scores.items()}
 
 
 def check_gain(settings: Settings, cfg: EmbedderTrainingSettings, pairs: list[QueryPair],
@@ -158,31 +194,43 @@ def check_gain(settings: Settings, cfg: EmbedderTrainingSettings, pairs: list[Qu
                workdir: Path) -> dict[str, Any]:
     """Estimate what tuning gains before paying for it: train the recipe on the labelled queries outside a
     seeded ``gain_check_fraction`` share, score that share (document nDCG@10 over the same chunks the index
-    holds) with the base and the pre-check model. ``decision`` is ``tune`` or ``keep_base``."""
+    holds) with the base and the pre-check model, each at its best document-vector weight (which is chosen
+    here too, on queries neither model trained on). ``decision`` is ``tune`` or ``keep_base``; without enough
+    held-out queries there is no estimate and the weight is chosen by :func:`choose_weight_on_base`."""
     from sentence_transformers import SentenceTransformerTrainer
 
     human = [p for p in pairs if p.source != "corpus"]
     n_heldout = round(len(human) * cfg.gain_check_fraction)
-    if n_heldout < cfg.gain_check_min_queries or len(human) - n_heldout < 2:
-        return {"decision": "tune", "reason": f"{n_heldout} held-out queries, fewer than gain_check_min_queries "
-                f"({cfg.gain_check_min_queries}): no estimate", "heldout": n_heldout}
+    if cfg.gain_check_fraction == 0 or n_heldout < cfg.gain_check_min_queries or len(human) - n_heldout < 2:
+        reason = ("gain_check_fraction is 0" if cfg.gain_check_fraction == 0 else
+                  f"{n_heldout} held-out queries, fewer than gain_check_min_queries ({cfg.gain_check_min_queries}): "
+                  "no estimate")
+        return {"decision": "tune", "reason": reason, "heldout": n_heldout,
+                "doc_vector_weight": choose_weight_on_base(settings, cfg, pairs, chunks, doc_texts)}
     train, heldout = split_human_queries(pairs, cfg.gain_check_fraction, cfg.seed + 1)
-    evaluator = heldout_evaluator(settings, heldout, chunks, doc_texts, name="check")
+    weights = candidate_weights(settings, cfg)
+    evaluator = heldout_evaluator(heldout, chunks, doc_texts, 0.0, name="check")
     began = time.perf_counter()
     model = load_embedder(settings, fresh=True)
-    base = evaluator(model)[f"check_{PRIMARY_METRIC}"]
-    dataset = to_dataset(train, chunks_by_doc).remove_columns(["doc_id"])
+    base_scores = evaluator.sweep(model, weights)
+    dataset = to_dataset(train, chunks_by_doc, doc_texts=doc_texts, positive=cfg.positive).remove_columns(["doc_id"])
     args = build_training_args(cfg, workdir / "gain-check", batch_size=min(cfg.per_device_train_batch_size, len(dataset)),
                                metric=None, on_cpu=resolve_device(settings) == "cpu")
     SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset,
                                loss=_loss(model, cfg, distributed.world_size() > 1)).train()
-    tuned = evaluator(model)[f"check_{PRIMARY_METRIC}"]
+    tuned_scores = evaluator.sweep(model, weights)
     shutil.rmtree(workdir / "gain-check", ignore_errors=True)
+    base_w, tuned_w = best_weight(base_scores), best_weight(tuned_scores)
+    base, tuned = base_scores[base_w], tuned_scores[tuned_w]
     gain = tuned - base
     decision = "tune" if gain > cfg.gain_check_min_gain else "keep_base"
+    chosen = {"chosen": tuned_w if decision == "tune" else base_w,
+              "chosen_on": f"the gain check's {len(heldout)} held-out queries"
+              + ("" if len(weights) > 1 else " (fixed by retrieval.doc_vector_weight)"),
+              f"{PRIMARY_METRIC}_by_weight": {"base": _rounded(base_scores), "tuned": _rounded(tuned_scores)}}
     return {"decision": decision, "metric": PRIMARY_METRIC, "base": round(base, 4), "tuned": round(tuned, 4),
             "gain": round(gain, 4), "min_gain": cfg.gain_check_min_gain, "heldout": len(heldout), "train": len(train),
-            "wall_time_s": round(time.perf_counter() - began, 1),
+            "wall_time_s": round(time.perf_counter() - began, 1), "doc_vector_weight": chosen,
             "reason": None if decision == "tune" else
             f"the pre-check run did not beat the base embedder on {len(heldout)} held-out queries "
             f"({PRIMARY_METRIC} {base:.4f} -> {tuned:.4f}): keeping the base model"}
@@ -222,14 +270,9 @@ def train_embedder(settings: Settings, cfg: EmbedderTrainingSettings | None = No
         train_pairs, heldout_pairs = split_human_queries(pairs, cfg.eval_fraction, cfg.seed)
     if len(train_pairs) < 2:
         raise InvalidInputError(f"only {len(train_pairs)} training pair(s) left after the held-out split")
-    evaluator = before = None
-    if heldout_pairs:
-        evaluator = heldout_evaluator(settings, heldout_pairs, chunks, doc_texts)
-        before = evaluator(model)
-        logger.info("before training: %s", {k: round(v, 4) for k, v in before.items()})
 
     # --- mine hard negatives with the current model
-    train_dataset = to_dataset(train_pairs, chunks_by_doc)
+    train_dataset = to_dataset(train_pairs, chunks_by_doc, doc_texts=doc_texts, positive=cfg.positive)
     if cfg.hard_negatives > 0:
         mined = add_hard_negatives(train_dataset, model, chunks, num_negatives=cfg.hard_negatives,
                                    margin=cfg.hard_negative_margin)
@@ -249,10 +292,16 @@ def train_embedder(settings: Settings, cfg: EmbedderTrainingSettings | None = No
     gather = distributed.world_size() > 1  # in-batch negatives from every rank, as in one process
     # A short run with nothing to resume: an interrupted or failed run leaves no half-written folder behind.
     try:
-        gain_check = (check_gain(settings, cfg, pairs, chunks_by_doc, chunks, doc_texts, workdir)
-                      if cfg.gain_check_fraction > 0 else {"decision": "tune", "reason": "gain_check_fraction is 0"})
+        gain_check = check_gain(settings, cfg, train_pairs, chunks_by_doc, chunks, doc_texts, workdir)
+        doc_weight = gain_check.pop("doc_vector_weight")
         if gain_check["decision"] == "keep_base":
             logger.warning("embedder: %s", gain_check["reason"])
+        logger.info("embedder: document-vector weight %s (chosen on %s)", doc_weight["chosen"], doc_weight["chosen_on"])
+        evaluator = before = None
+        if heldout_pairs:
+            evaluator = heldout_evaluator(heldout_pairs, chunks, doc_texts, doc_weight["chosen"])
+            before = evaluator(model)
+            logger.info("before training: %s", {k: round(v, 4) for k, v in before.items()})
         loss = _loss(model, cfg, gather)
         batch_size = min(cfg.per_device_train_batch_size, len(train_dataset))
         metric = f"eval_{evaluator.primary_metric}" if evaluator else None
@@ -271,6 +320,7 @@ def train_embedder(settings: Settings, cfg: EmbedderTrainingSettings | None = No
             distributed.barrier()
             return artifacts.get_artifact(settings, "embedder", artifact_id)
         model.save(str(workdir / "model"))
+        write_embedder_retrieval_hints(workdir / "model", doc_weight["chosen"], doc_weight)
         history = [{k: v for k, v in row.items() if isinstance(v, int | float)} for row in trainer.state.log_history]
         manifest: dict[str, Any] = {
             "created_at": artifacts.utc_now(),
@@ -288,6 +338,7 @@ def train_embedder(settings: Settings, cfg: EmbedderTrainingSettings | None = No
             "hyperparameters": cfg.model_dump(mode="json") | {"effective_batch_size": batch_size},
             "gain_check": gain_check,
             "kept_base": gain_check["decision"] == "keep_base",
+            "doc_vector_weight": doc_weight,
             "metrics_before": before,
             "metrics_after": after,
             "best_checkpoint": trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name,
