@@ -16,8 +16,8 @@ questions, searching every answer:
 * ``tunerag``: ``train_embedder`` with its defaults on the same training questions (``--set`` overrides a
   default, to measure a variant).
 
-Every embedder is scored in tunerag's index as it ships (chunks blended with document vectors), with chunks
-alone, and with one vector per whole document (``dense_whole_document``: the "whole answer embedded" variant).
+Every embedder is scored in tunerag's index as it ships (``dense``: ``doc_vector_weight: auto``, i.e. the
+weight the recipe chose for a tunerag model, chunks alone for base and plain), with chunks alone, and with one vector per whole document (``dense_whole_document``: the "whole answer embedded" variant).
 Hybrid search uses the BM25 weight chosen on the *training* questions (``tune_bm25_weight``; 0 = dense alone).
 Also, unless ``--skip-sample``: the sample domain's default ``tunerag train embedder`` run, scored on the
 answerable questions of data/sample/eval.jsonl.
@@ -136,6 +136,7 @@ def public_set(name: str, tmp: Path, overrides: dict, *, baselines: bool = True)
         "training_wall_ratio_tunerag_to_plain": round(wall["tunerag"] / wall["plain_mnrl"], 2) if baselines else None,
         "tunerag_pairs": artifact.manifest["pairs"], "tunerag_global_steps": artifact.manifest["global_steps"],
         "tunerag_gain_check": artifact.manifest["gain_check"], "tunerag_kept_base": artifact.manifest["kept_base"],
+        "tunerag_doc_vector_weight": artifact.manifest["doc_vector_weight"],
         "scores": scores,
         "dense_ndcg@10_gain_over_base": {k: round(v - ndcg["base"], 4) for k, v in ndcg.items()
                                           if baselines and k != "base"},

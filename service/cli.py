@@ -255,8 +255,8 @@ def train_embedder(
         artifact = run(settings, cfg)
     if not _main_rank():
         return
-    summary = {k: artifact.manifest[k] for k in ("pairs", "gain_check", "kept_base", "metrics_before",
-                                                  "metrics_after", "wall_time_s")}
+    summary = {k: artifact.manifest.get(k) for k in ("pairs", "gain_check", "kept_base", "doc_vector_weight",
+                                                      "metrics_before", "metrics_after", "wall_time_s")}
     typer.echo(json.dumps({"artifact": artifact.id, "path": str(artifact.path), **summary}, indent=2))
     if artifact.manifest["kept_base"]:
         typer.echo(f"note: {artifact.manifest['gain_check']['reason']}", err=True)

@@ -87,7 +87,8 @@ def _stages(inputs: PipelineInputs, out: Path, overrides: dict[str, Any]) -> dic
         artifact = train_embedder(s, recipe_config(s, "train_embedder"))
         artifacts.activate(s, "embedder", artifact.id)
         return {"artifact": artifact.id, "kept_base": artifact.manifest["kept_base"],
-                "gain_check": artifact.manifest["gain_check"], "metrics_before": artifact.manifest["metrics_before"],
+                "gain_check": artifact.manifest["gain_check"],
+                "doc_vector_weight": artifact.manifest.get("doc_vector_weight"), "metrics_before": artifact.manifest["metrics_before"],
                 "metrics_after": artifact.manifest["metrics_after"]}
 
     def generator() -> dict[str, Any]:
