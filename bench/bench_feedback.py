@@ -1,17 +1,20 @@
 """Feedback into training, measured: corrections for a set of questions, then held-out paraphrases of them.
 
-The packaged models on the sample domain, `configs/cpu-quick.yaml` (40 steps), the base embedder, in one run:
+The packaged models on the sample domain, `configs/cpu-quick.yaml` (40 steps), the quick embedder, in one run:
 
-1. adapter A: ``tunerag train generator`` on the sample chats;
+1. adapter A: ``tunerag train generator`` on the sample chats (active);
 2. through the API (``POST /v1/chat``, mode combined, adapter A): one question of each of ``--groups`` held-out
    entries (entries of data/sample/eval.jsonl with two or more paraphrased questions, seeded choice) is asked,
    rated down and corrected with the entry's reference answer, as a support agent would;
-3. ``tunerag feedback export``, then adapter B: ``tunerag train generator --with-feedback`` (same config, seed);
-4. ``tunerag eval --systems combined`` for A and for B on the held-out set without the corrected questions,
-   split into the *paraphrases* of corrected entries and the *rest*; per-subset means with 95% bootstrap
-   intervals and B - A paired differences (``eval.stats``).
+3. ``tunerag feedback export``, then two next rounds on top of A, ``--round-steps`` steps each:
+   B = ``train generator --from-adapter A --with-feedback DIR`` (the feedback rows, repeated, plus as many
+   replayed regular rows), and the control C = ``train generator --from-adapter A`` (the same number of steps
+   on the regular chats alone: what training A further does without any feedback);
+4. ``tunerag eval --systems combined`` for A, B and C on the held-out set without the corrected questions, split
+   into the *paraphrases* of corrected entries and the *rest*; per-subset means with 95% bootstrap intervals and
+   paired differences B - A, B - C (the feedback's own effect) and C - A (more training alone).
 
-Usage: python bench/bench_feedback.py [--groups 17] [--seed 0]   (~40 min on 2 cores)
+Usage: python bench/bench_feedback.py [--groups 17] [--seed 0] [--round-steps 20]   (~35 min on 2 cores)
 """
 
 from __future__ import annotations
@@ -77,20 +80,24 @@ def give_feedback(data_dir: Path, corrected: list[dict]) -> list[dict]:
     return given
 
 
-def subset_scores(report_a: dict, report_b: dict, ids: set[str]) -> dict:
+PAIRS = (("B", "A"), ("B", "C"), ("C", "A"))
+
+
+def subset_scores(reports: dict[str, dict], ids: set[str]) -> dict:
+    """Per adapter: mean with a bootstrap interval; per pair in PAIRS: the paired difference and its test."""
     from eval.stats import bootstrap_ci, paired_test
 
-    qa = [q for q in report_a["questions"] if q["id"] in ids]
-    qb = {q["id"]: q for q in report_b["questions"]}
-    out: dict = {"questions": len(qa)}
+    order = [q["id"] for q in reports["A"]["questions"] if q["id"] in ids]
+    values = {name: {q["id"]: q["systems"]["combined"]["metrics"] for q in report["questions"]}
+              for name, report in reports.items()}
+    out: dict = {"questions": len(order)}
     for metric in METRICS:
-        a = [q["systems"]["combined"]["metrics"].get(metric) for q in qa]
-        b = [qb[q["id"]]["systems"]["combined"]["metrics"].get(metric) for q in qa]
-        if all(v is None for v in a):
+        series = {name: [values[name][i].get(metric) for i in order] for name in reports}
+        if all(v is None for v in series["A"]):
             continue
-        out[metric] = {"A": bootstrap_ci([v for v in a if v is not None]).to_json(),
-                       "B_with_feedback": bootstrap_ci([v for v in b if v is not None]).to_json(),
-                       "B_minus_A": paired_test(b, a, name_a="B", name_b="A", metric=metric).to_json()}
+        out[metric] = {name: bootstrap_ci([v for v in vs if v is not None]).to_json() for name, vs in series.items()}
+        for x, y in PAIRS:
+            out[metric][f"{x}_minus_{y}"] = paired_test(series[x], series[y], name_a=x, name_b=y, metric=metric).to_json()
     return out
 
 
@@ -98,6 +105,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--groups", type=int, default=17, help="entries corrected (17: every held-out entry with a paraphrase)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--round-steps", type=int, default=20, help="optimizer steps of each next round (B and C)")
     args = parser.parse_args()
     from core.settings import SAMPLE_DIR
 
@@ -117,10 +125,13 @@ def main() -> None:
     eval_file.write_text("".join(json.dumps(r) + "\n" for r in rows if r["id"] not in corrected_ids))
     given = give_feedback(work / "var", corrected)
     export = last_json(cli(env, "feedback", "export", "--out", str(work / "feedback")))
-    b = last_json(cli(env, *config, "train", "generator", "--no-activate", "--with-feedback", str(work / "feedback")))
+    round_args = (*config, "train", "generator", "--no-activate", "--from-adapter", a["artifact"],
+                  "--max-steps", str(args.round_steps))
+    b = last_json(cli(env, *round_args, "--with-feedback", str(work / "feedback")))
+    c = last_json(cli(env, *round_args))
 
     reports = {}
-    for name, adapter in (("A", a), ("B", b)):
+    for name, adapter in (("A", a), ("B", b), ("C", c)):
         out = work / f"eval-{name}"
         cli({**env, "TUNERAG_EVAL__ADAPTER": adapter["artifact"]}, "eval", "--systems", "combined",
             "--eval-file", str(eval_file), "--out", str(out))
@@ -128,11 +139,14 @@ def main() -> None:
     rest_ids = {q["id"] for q in reports["A"]["questions"]} - paraphrase_ids
     answerable_rest = {q["id"] for q in reports["A"]["questions"] if q["answerable"]} - paraphrase_ids
     emit("bench_feedback", {
-        "groups": args.groups, "seed": args.seed, "adapters": {"A": a["artifact"], "B_with_feedback": b["artifact"]},
+        "groups": args.groups, "seed": args.seed, "round_steps": args.round_steps,
+        "adapters": {"A": a["artifact"], "B_round_with_feedback": b["artifact"], "C_round_without": c["artifact"]},
+        "rounds": {name: {k: r.get(k) for k in ("global_steps", "wall_time_s", "final_validation_loss")} | {
+            "feedback": (r.get("data") or {}).get("feedback")} for name, r in (("A", a), ("B", b), ("C", c))},
         "feedback_given": len(given), "export": export,
-        "paraphrases_of_corrected": subset_scores(reports["A"], reports["B"], paraphrase_ids),
-        "rest_of_eval": subset_scores(reports["A"], reports["B"], rest_ids),
-        "rest_answerable": subset_scores(reports["A"], reports["B"], answerable_rest),
+        "paraphrases_of_corrected": subset_scores(reports, paraphrase_ids),
+        "rest_of_eval": subset_scores(reports, rest_ids),
+        "rest_answerable": subset_scores(reports, answerable_rest),
         "work_dir": str(work),
     })
 

@@ -362,6 +362,19 @@ class GeneratorTrainingSettings(BaseModel):
         0.0, ge=0, le=1, description="Share of general replay rows added to the training rows: the base model's own "
         "answers to general instructions (never the forgetting check's), against catastrophic forgetting.")
     general_replay_max_new_tokens: int = Field(96, ge=1)
+    feedback_files: list[Path] = Field(
+        default_factory=list, description="`tunerag feedback export` chats (`--with-feedback DIR`). Every one is a "
+        "training row (never split off for validation or test), trained on the passages it was served with.")
+    feedback_repeats: int = Field(
+        2, ge=1, description="Rows per feedback example: a correction is one row among hundreds and a short CPU run "
+        "sees under half of an epoch (cpu-quick: 160 of ~390 rows), so one copy is most often never trained on.")
+    init_adapter: str | None = Field(
+        None, description="Adapter (id, 'latest' or 'active') whose LoRA weights this run continues (`--from-adapter`): "
+        "a next training round instead of a fresh adapter. Its LoRA shape (r, alpha, modules) is kept.")
+    feedback_replay_ratio: float = Field(
+        1.0, ge=0, description="With init_adapter and feedback: the round trains on the feedback rows plus this many "
+        "rows of the regular training split per feedback row (seeded; what the adapter knew, against forgetting it). "
+        "Without init_adapter the feedback rows join the whole training split.")
     forgetting: ForgettingSettings = Field(default_factory=ForgettingSettings)
     eval_steps: int | None = Field(None, gt=0, description="Evaluate/save every N steps (default: each epoch).")
     early_stopping_patience: int = Field(2, ge=1)

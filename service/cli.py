@@ -302,6 +302,9 @@ def train_generator(
     activate: Annotated[bool, typer.Option("--activate/--no-activate", help="Make the new adapter the active one.")] = True,
     with_feedback: Annotated[Path | None, typer.Option("--with-feedback", help="A `tunerag feedback export` folder: "
                                                        "its chat examples join the training chats.")] = None,
+    from_adapter: Annotated[str | None, typer.Option("--from-adapter", help="Continue this adapter (an id, 'latest' or "
+                                                     "'active'): a next round. With --with-feedback it trains on the "
+                                                     "feedback plus a replay share of the regular chats.")] = None,
 ) -> None:
     """Fine-tune the generator with LoRA on grounded chat examples (or --dpo / --merge an adapter)."""
     from core import artifacts
@@ -315,7 +318,9 @@ def train_generator(
         if not chats.is_file():
             raise TuneragError(f"{with_feedback} has no feedback_chats.jsonl: run `tunerag feedback export --out "
                                f"{with_feedback}` first")
-        cfg = cfg.model_copy(update={"chat_files": [*cfg.chat_files, chats]})
+        cfg = cfg.model_copy(update={"feedback_files": [*cfg.feedback_files, chats]})
+    if from_adapter is not None:
+        cfg = cfg.model_copy(update={"init_adapter": from_adapter})
     if merge:
         source = artifacts.get_artifact(settings, "adapter", adapter)
         with _library_output_to_stderr():
@@ -332,8 +337,8 @@ def train_generator(
         return
     if activate:
         artifacts.activate(settings, "adapter", result.id)
-    keys = ("stage", "data", "trainable_fraction", "adapter_size_bytes", "final_train_loss", "final_validation_loss",
-            "global_steps", "forgetting", "wall_time_s")
+    keys = ("stage", "init_adapter", "data", "trainable_fraction", "adapter_size_bytes", "final_train_loss",
+            "final_validation_loss", "global_steps", "forgetting", "wall_time_s")
     summary = {k: result.manifest[k] for k in keys if k in result.manifest}
     typer.echo(json.dumps({"artifact": result.id, "path": str(result.path), "active": activate, **summary}, indent=2,
                           default=str))

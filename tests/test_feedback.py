@@ -95,8 +95,12 @@ def test_feedback_export_applies_the_rule_keeps_lineage_and_the_exact_context(ap
     assert row.context_doc_ids == [p["doc_id"] for p in given]
 
 
-def test_training_with_feedback_adds_the_exported_examples(api_settings: Settings, tmp_path: Path) -> None:
-    from training.generator_recipe import train_generator
+def test_training_with_feedback_trains_every_example_and_a_round_continues_the_adapter(
+        api_settings: Settings, tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from training.generator_recipe import read_rows, train_generator
 
     out = tmp_path / "feedback"
     out.mkdir()
@@ -105,7 +109,52 @@ def test_training_with_feedback_adds_the_exported_examples(api_settings: Setting
     (out / "feedback_chats.jsonl").write_text("".join(json.dumps(f) + "\n" for f in feedback))
     base = tmp_path / "chats.jsonl"
     base.write_text("\n".join(lines[6:]) + "\n")
-    cfg = api_settings.train_generator.model_copy(update={
-        "chat_files": [base, out / "feedback_chats.jsonl"], "max_steps": 1, "per_device_train_batch_size": 2})
-    artifact = train_generator(api_settings, cfg)
-    assert str(out / "feedback_chats.jsonl") in artifact.manifest["data"]["sources"]
+    common = {"chat_files": [base], "max_steps": 1, "per_device_train_batch_size": 2, "feedback_repeats": 2}
+    first = train_generator(api_settings, api_settings.train_generator.model_copy(update=common))
+
+    cfg = api_settings.train_generator.model_copy(update={**common, "feedback_files": [out / "feedback_chats.jsonl"]})
+    fresh = train_generator(api_settings, cfg)
+    data = fresh.manifest["data"]
+    assert str(out / "feedback_chats.jsonl") in data["sources"]
+    # Every feedback example is trained on, twice, as the gold variant; none is split off for validation/test.
+    train = read_rows(fresh.path, "train")
+    ids = [r["id"] for r in train if r["id"].startswith("feedback-")]
+    assert sorted(ids) == sorted(f"feedback-{i}" for i in range(6) for _ in range(2))
+    assert {r["variant"] for r in train if r["id"].startswith("feedback-")} == {"gold"}
+    held = read_rows(fresh.path, "validation") + read_rows(fresh.path, "test")
+    assert not [r for r in held if r["id"].startswith("feedback-")]
+    assert data["feedback"]["rows"] == 12 and data["feedback"]["regular_rows"] == data["split_sizes"]["train"] - 12
+
+    # A round on top of the first adapter: its weights go on training, on the feedback plus an equal replay share.
+    round_ = train_generator(api_settings, cfg.model_copy(update={"init_adapter": "latest", "feedback_replay_ratio": 0.5}))
+    assert round_.manifest["init_adapter"] == fresh.id  # 'latest' is resolved to an id before training
+    assert round_.manifest["data"]["feedback"]["regular_rows"] == 6
+    assert len(read_rows(round_.path, "train")) == 12 + 6
+
+    def lora_a(artifact) -> torch.Tensor:
+        weights = load_file(str(artifact.path / "adapter" / "adapter_model.safetensors"))
+        return torch.cat([w.flatten() for k, w in sorted(weights.items()) if "lora_A" in k])
+
+    similarity = torch.nn.functional.cosine_similarity
+    assert similarity(lora_a(round_), lora_a(fresh), dim=0) > 0.9  # one step away from where it started
+    assert similarity(lora_a(first), lora_a(fresh), dim=0) < 0.5  # two fresh adapters start apart
+
+
+def test_a_round_refuses_an_adapter_of_another_base(api_settings: Settings, tmp_path: Path) -> None:
+    from core import artifacts
+    from core.errors import ConfigError
+    from training.generator_recipe import train_generator
+
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text("\n".join((SAMPLE_DIR / "chat_train.jsonl").read_text().splitlines()[:14]) + "\n")
+    cfg = api_settings.train_generator.model_copy(update={"chat_files": [chats], "max_steps": 1,
+                                                          "per_device_train_batch_size": 2})
+    first = train_generator(api_settings, cfg)
+    manifest = first.path / "manifest.json"
+    stored = json.loads(manifest.read_text())
+    stored["base_model"]["spec"] = "someone/else-7b"
+    manifest.write_text(json.dumps(stored))
+    with pytest.raises(ConfigError, match="else-7b"):
+        train_generator(api_settings, cfg.model_copy(update={"init_adapter": first.id}))
+    assert artifacts.get_artifact(api_settings, "adapter", "latest").id == first.id
+    assert not list((artifacts.kind_dir(api_settings, "adapter") / ".runs").glob("adapter-*"))  # no run was started

@@ -187,14 +187,17 @@ def _passages_for(ex: ChatExample, variant: Variant, retriever: Retriever, k: in
     """The context of one row; ``other`` (distractor rows only) is the question whose passages are used."""
     if variant == "no_context":
         return None
-    if ex.context is not None and variant == "gold":
-        return list(ex.context)  # what the answer was actually given (a user-rated turn)
-    results = retriever.search((other or ex).question, k=k * (3 + offset))
     gold = set(ex.doc_ids)
-    if variant == "distractors":
-        return [r.to_passage() for r in results if r.doc_id not in gold][offset * k : (offset + 1) * k]
-    passages = [r.to_passage() for r in results[:k]]
-    if not any(p.doc_id in gold for p in passages):
+    if ex.context is not None and variant == "gold":
+        passages = list(ex.context)  # what the answer was actually given (a user-rated turn)
+    else:
+        results = retriever.search((other or ex).question, k=k * (3 + offset))
+        if variant == "distractors":
+            return [r.to_passage() for r in results if r.doc_id not in gold][offset * k : (offset + 1) * k]
+        passages = [r.to_passage() for r in results[:k]]
+    # A corrected answer may cite a document the served passages missed: an answer citing what its context
+    # lacks would teach invented citations, so the cited document's best passage replaces the last one.
+    if gold and not any(p.doc_id in gold for p in passages):
         best = retriever.search(ex.question, k=1, filters={"doc_id": sorted(gold)})
         if best:
             passages = passages[: k - 1]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import shutil
 import time
 from collections import Counter
@@ -177,6 +178,7 @@ def prepare_data(settings: Settings, cfg: GeneratorTrainingSettings, workdir: Pa
         rows[name], dropped = drop_too_long(rows[name], tokenizer, cfg.max_length)
         too_long += dropped
     report.too_long = too_long
+    feedback = _feedback_rows(cfg, retriever, template, tokenizer, raft, refusal, rows) if cfg.feedback_files else None
     out = workdir / DATA_DIR
     out.mkdir(parents=True, exist_ok=True)
     for name, items in rows.items():
@@ -184,7 +186,8 @@ def prepare_data(settings: Settings, cfg: GeneratorTrainingSettings, workdir: Pa
             for row in items:
                 fh.write(json.dumps(row.to_json(), ensure_ascii=False) + "\n")
     summary = {
-        "sources": [str(p) for p in cfg.chat_files],
+        "sources": [str(p) for p in [*cfg.chat_files, *cfg.feedback_files]],
+        "feedback": feedback,
         "cleaning": asdict(report),
         "split_sizes": {name: len(items) for name, items in rows.items()},
         "variants": {name: dict(Counter(r.variant for r in items)) for name, items in rows.items()},
@@ -193,6 +196,34 @@ def prepare_data(settings: Settings, cfg: GeneratorTrainingSettings, workdir: Pa
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _feedback_rows(cfg: GeneratorTrainingSettings, retriever: Retriever, template, tokenizer,
+                   raft: RaftConfig, refusal: str | None, rows: dict[str, list[TrainingRow]]) -> dict[str, Any]:
+    """Add the feedback examples to ``rows["train"]`` (in place) and return what was done.
+
+    Every feedback example is a training row, never a validation or test one, on the passages it was served
+    (:func:`training.generator_data.build_rows`, gold variant), ``cfg.feedback_repeats`` times. A round on top
+    of ``cfg.init_adapter`` trains on them plus ``cfg.feedback_replay_ratio`` regular rows per feedback row.
+    """
+    examples = [ex for path in cfg.feedback_files for ex in load_chat_jsonl(path)]
+    if not examples:
+        raise InvalidInputError(f"no feedback examples in {', '.join(map(str, cfg.feedback_files))}")
+    kept, report = clean(examples, near_duplicate_jaccard=cfg.near_duplicate_jaccard)
+    once, too_long = drop_too_long(build_rows(kept, retriever, template, tokenizer, raft, refusal, variant="gold"),
+                                   tokenizer, cfg.max_length)
+    added = [row for row in once for _ in range(cfg.feedback_repeats)]
+    regular = rows["train"]
+    replay = regular
+    if cfg.init_adapter is not None:
+        count = min(len(regular), round(cfg.feedback_replay_ratio * len(added)))
+        replay = random.Random(cfg.seed).sample(regular, count)
+    rows["train"] = replay + added
+    return {"sources": [str(p) for p in cfg.feedback_files], "examples": len(examples), "cleaning": asdict(report),
+            "too_long": too_long, "repeats": cfg.feedback_repeats, "rows": len(added),
+            "regular_rows": len(replay), "round_on": cfg.init_adapter,
+            "rule": "every feedback example trains (none split off), on its served passages, repeated; a round "
+                    "on an adapter adds feedback_replay_ratio regular rows per feedback row, else all of them"}
 
 
 def read_rows(workdir: Path, name: str) -> list[dict]:
@@ -218,6 +249,16 @@ def find_resumable_run(settings: Settings, run_id: str) -> str:
         return run_id
     raise NotFoundError(f"no interrupted generator run {run_id!r} with a checkpoint; resumable: "
                         f"{', '.join(p.name for p in candidates) or 'none'}")
+
+
+def _round_start(settings: Settings, name: str) -> artifacts.Artifact:
+    """The adapter a next round continues; refused when it was trained on another base model."""
+    start = artifacts.get_artifact(settings, "adapter", name)
+    trained_on, configured = start.manifest.get("base_model", {}).get("spec"), resolve_generator(settings).spec
+    if trained_on != configured:
+        raise ConfigError(f"adapter {start.id} was trained on {trained_on!r}, not on the configured generator "
+                          f"{configured!r}: a next round continues an adapter of the same base model")
+    return start
 
 
 def _dir_size(path: Path) -> int:
@@ -247,6 +288,8 @@ def train_generator(settings: Settings, cfg: GeneratorTrainingSettings | None = 
         workdir = artifacts.run_dir(settings, "adapter", artifact_id)
         cfg = GeneratorTrainingSettings.model_validate_json((workdir / "config.json").read_text())
     else:
+        if cfg.init_adapter is not None:  # 'latest' / 'active' become the id now: a resumed run continues the same one
+            cfg = cfg.model_copy(update={"init_adapter": _round_start(settings, cfg.init_adapter).id})
         # Under torchrun every rank trains one run: rank 0 names it, and alone writes its files.
         artifact_id = distributed.agree(lambda: artifacts.new_artifact_id("adapter"))
         workdir = artifacts.run_dir(settings, "adapter", artifact_id)
@@ -287,9 +330,17 @@ def train_generator(settings: Settings, cfg: GeneratorTrainingSettings | None = 
         logger.info("general replay: %d rows added to %d training rows", len(replay), len(train_rows))
         train_rows = train_rows + replay
         model.train()
-    lora = LoraConfig(r=cfg.r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=lora_targets(model, cfg), layers_to_transform=top_layers(model, cfg.top_layers),
-                      task_type="CAUSAL_LM")
+    lora: LoraConfig | None = LoraConfig(
+        r=cfg.r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=lora_targets(model, cfg),
+        layers_to_transform=top_layers(model, cfg.top_layers), task_type="CAUSAL_LM")
+    start = None
+    if cfg.init_adapter is not None:  # a next round: the adapter's own weights (and LoRA shape) go on training
+        from peft import PeftModel
+
+        start = _round_start(settings, cfg.init_adapter)
+        model = PeftModel.from_pretrained(model, str(start.path / "adapter"), is_trainable=True)
+        lora = None
+        logger.info("continuing adapter %s", start.id)
 
     # --- train
     args = build_sft_config(cfg, workdir / "checkpoints", on_cpu=device == "cpu")
@@ -332,6 +383,7 @@ def train_generator(settings: Settings, cfg: GeneratorTrainingSettings | None = 
         "best_checkpoint": trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name,
         "global_steps": trainer.state.global_step,
         "resumed_from": checkpoint.name if checkpoint else None,
+        "init_adapter": start.id if start is not None else None,
         "loss_curve": history,
         "forgetting": _forgetting(trainer.model, tokenizer, cfg),
         "general_replay": {"fraction": cfg.general_replay_fraction, "rows": len(replay)},
