@@ -266,8 +266,8 @@ class EmbedderTrainingSettings(BaseModel):
         "num_train_epochs (the default: with a few hundred pairs, a held-out dozen picks checkpoints by noise).",
     )
     num_train_epochs: float = Field(
-        3.0, gt=0, description="Fixed epoch count (no held-out selection by default). 3 with document positives: "
-        "with the gain check (a second run on 80%) the recipe costs ~1.8x the plain 3-epoch one, under 2x."
+        3.0, gt=0, description="Fixed epoch count (no held-out selection by default). 3 with document positives, "
+        "as the plain sentence-transformers recipe; the gain check's pre-check adds gain_check_epochs on 80%."
     )
     gain_check_fraction: float = Field(
         0.2,
@@ -278,6 +278,9 @@ class EmbedderTrainingSettings(BaseModel):
         "gain_check_min_gain, the artifact keeps the base model and says so. 0 disables the check.",
     )
     gain_check_min_gain: float = Field(0.0, ge=0.0, description="nDCG@10 gain the pre-check must exceed to tune.")
+    gain_check_epochs: float | None = Field(
+        1.0, gt=0, description="Epochs of the pre-check run (None: num_train_epochs). One keeps the recipe within 2x "
+        "the plain 3-epoch run's cost (a full-length pre-check on 80% made it 2.1-2.2x, bench/RESULTS.md).")
     gain_check_min_queries: int = Field(
         8, ge=1, description="Fewer held-out queries than this: no pre-check (too few to estimate a gain), tune."
     )
@@ -289,7 +292,9 @@ class EmbedderTrainingSettings(BaseModel):
     )
     per_device_train_batch_size: int = Field(32, gt=1)
     learning_rate: float = Field(5e-5, gt=0)
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    warmup_ratio: float = Field(
+        0.0, ge=0, lt=1, description="Share of steps with a rising learning rate. 0 (the sentence-transformers "
+        "default): a small FAQ trains for a handful of steps (17 questions: 3), and 0.1 spent one of them at lr 0.")
     max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: run all epochs).")
     eval_steps: int | None = Field(None, gt=0, description="Evaluate every N steps (default: each epoch).")
     seed: int = 42

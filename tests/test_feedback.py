@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from litestar.testing import TestClient
 
 from core.errors import InvalidInputError
 from core.jsonl import read_jsonl
+from core.prompt import ContextPassage
 from core.settings import SAMPLE_DIR, Settings
 from service.app import create_app
 from service.feedback_export import export_feedback
@@ -91,8 +93,25 @@ def test_feedback_export_applies_the_rule_keeps_lineage_and_the_exact_context(ap
                                  unanswerable_repeats=1, distractor_source="near"),
                       None, variant="gold")
     row = next(r for r in rows if r.id == corrected["id"])
-    assert all(p["text"][:60] in row.prompt for p in given)
-    assert row.context_doc_ids == [p["doc_id"] for p in given]
+    served = [p["doc_id"] for p in given]
+    if "billing-refunds" in served:  # trained on exactly what was served
+        assert all(p["text"][:60] in row.prompt for p in given)
+        assert row.context_doc_ids == served
+    else:  # the correction cites what the served passages missed: its best passage takes the last one's place
+        assert sorted(row.context_doc_ids) == sorted([*served[:-1], "billing-refunds"])
+        assert all(p["text"][:60] in row.prompt for p in given[:-1])
+    # Both cases, forced: a served context without the cited document, and one with it.
+    other = [p for p in given if p["doc_id"] != "billing-refunds"]
+    assert other
+    example = next(e for e in examples if e.id == corrected["id"])
+    missing = replace(example, context=tuple(ContextPassage(p["doc_id"], p["title"], p["text"]) for p in other))
+    rows = build_rows([missing], open_retriever(api_settings), load_template(api_settings), tokenizer,
+                      RaftConfig(top_k=4, golden_fraction=1.0, no_context_fraction=0.0, seed=0), None, variant="gold")
+    assert "billing-refunds" in rows[0].context_doc_ids and len(rows[0].context_doc_ids) == len(other)
+    kept = replace(missing, context=(ContextPassage("billing-refunds", "Refunds", "Refunds take 5 days."), *missing.context))
+    rows = build_rows([kept], open_retriever(api_settings), load_template(api_settings), tokenizer,
+                      RaftConfig(top_k=4, golden_fraction=1.0, no_context_fraction=0.0, seed=0), None, variant="gold")
+    assert rows[0].context_doc_ids == ["billing-refunds", *[p["doc_id"] for p in other]]
 
 
 def test_training_with_feedback_trains_every_example_and_a_round_continues_the_adapter(
@@ -110,8 +129,6 @@ def test_training_with_feedback_trains_every_example_and_a_round_continues_the_a
     base = tmp_path / "chats.jsonl"
     base.write_text("\n".join(lines[6:]) + "\n")
     common = {"chat_files": [base], "max_steps": 1, "per_device_train_batch_size": 2, "feedback_repeats": 2}
-    first = train_generator(api_settings, api_settings.train_generator.model_copy(update=common))
-
     cfg = api_settings.train_generator.model_copy(update={**common, "feedback_files": [out / "feedback_chats.jsonl"]})
     fresh = train_generator(api_settings, cfg)
     data = fresh.manifest["data"]
@@ -126,7 +143,9 @@ def test_training_with_feedback_trains_every_example_and_a_round_continues_the_a
     assert data["feedback"]["rows"] == 12 and data["feedback"]["regular_rows"] == data["split_sizes"]["train"] - 12
 
     # A round on top of the first adapter: its weights go on training, on the feedback plus an equal replay share.
-    round_ = train_generator(api_settings, cfg.model_copy(update={"init_adapter": "latest", "feedback_replay_ratio": 0.5}))
+    # (another seed: a fresh LoRA would start from other random weights, so the check below can tell)
+    round_ = train_generator(api_settings, cfg.model_copy(update={"init_adapter": "latest", "feedback_replay_ratio": 0.5,
+                                                                  "seed": 7}))
     assert round_.manifest["init_adapter"] == fresh.id  # 'latest' is resolved to an id before training
     assert round_.manifest["data"]["feedback"]["regular_rows"] == 6
     assert len(read_rows(round_.path, "train")) == 12 + 6
@@ -137,7 +156,8 @@ def test_training_with_feedback_trains_every_example_and_a_round_continues_the_a
 
     similarity = torch.nn.functional.cosine_similarity
     assert similarity(lora_a(round_), lora_a(fresh), dim=0) > 0.9  # one step away from where it started
-    assert similarity(lora_a(first), lora_a(fresh), dim=0) < 0.5  # two fresh adapters start apart
+    other_seed = train_generator(api_settings, cfg.model_copy(update={"seed": 7}))
+    assert similarity(lora_a(other_seed), lora_a(fresh), dim=0) < 0.5  # a fresh adapter of that seed starts apart
 
 
 def test_a_round_refuses_an_adapter_of_another_base(api_settings: Settings, tmp_path: Path) -> None:

@@ -192,9 +192,9 @@ def _rounded(scores: dict[float, float]) -> dict[str, float]:
 def check_gain(settings: Settings, cfg: EmbedderTrainingSettings, pairs: list[QueryPair],
                chunks_by_doc: dict[str, list[Chunk]], chunks: list[Chunk], doc_texts: dict[str, str],
                workdir: Path) -> dict[str, Any]:
-    """Estimate what tuning gains before paying for it: train the recipe on the labelled queries outside a
-    seeded ``gain_check_fraction`` share, score that share (document nDCG@10 over the same chunks the index
-    holds) with the base and the pre-check model, each at its best document-vector weight (which is chosen
+    """Estimate what tuning gains before paying for it: train the recipe (``gain_check_epochs`` long) on the
+    labelled queries outside a seeded ``gain_check_fraction`` share, score that share (document nDCG@10 over the
+    same chunks the index holds) with the base and the pre-check model, each at its best document-vector weight (which is chosen
     here too, on queries neither model trained on). ``decision`` is ``tune`` or ``keep_base``; without enough
     held-out queries there is no estimate and the weight is chosen by :func:`choose_weight_on_base`."""
     from sentence_transformers import SentenceTransformerTrainer
@@ -214,7 +214,8 @@ def check_gain(settings: Settings, cfg: EmbedderTrainingSettings, pairs: list[Qu
     model = load_embedder(settings, fresh=True)
     base_scores = evaluator.sweep(model, weights)
     dataset = to_dataset(train, chunks_by_doc, doc_texts=doc_texts, positive=cfg.positive).remove_columns(["doc_id"])
-    args = build_training_args(cfg, workdir / "gain-check", batch_size=min(cfg.per_device_train_batch_size, len(dataset)),
+    quick = cfg if cfg.gain_check_epochs is None else cfg.model_copy(update={"num_train_epochs": cfg.gain_check_epochs})
+    args = build_training_args(quick, workdir / "gain-check", batch_size=min(cfg.per_device_train_batch_size, len(dataset)),
                                metric=None, on_cpu=resolve_device(settings) == "cpu")
     SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset,
                                loss=_loss(model, cfg, distributed.world_size() > 1)).train()
@@ -230,7 +231,7 @@ def check_gain(settings: Settings, cfg: EmbedderTrainingSettings, pairs: list[Qu
               f"{PRIMARY_METRIC}_by_weight": {"base": _rounded(base_scores), "tuned": _rounded(tuned_scores)}}
     return {"decision": decision, "metric": PRIMARY_METRIC, "base": round(base, 4), "tuned": round(tuned, 4),
             "gain": round(gain, 4), "min_gain": cfg.gain_check_min_gain, "heldout": len(heldout), "train": len(train),
-            "wall_time_s": round(time.perf_counter() - began, 1), "doc_vector_weight": chosen,
+            "epochs": quick.num_train_epochs, "wall_time_s": round(time.perf_counter() - began, 1), "doc_vector_weight": chosen,
             "reason": None if decision == "tune" else
             f"the pre-check run did not beat the base embedder on {len(heldout)} held-out queries "
             f"({PRIMARY_METRIC} {base:.4f} -> {tuned:.4f}): keeping the base model"}
