@@ -46,6 +46,34 @@ class Api:
         self.state_size = bind("llama_state_seq_get_size", [void, i32, u32], size_t)
         self.state_get = bind("llama_state_seq_get_data", [void, ctypes.c_void_p, size_t, i32, u32], size_t)
         self.state_set = bind("llama_state_seq_set_data", [void, ctypes.c_void_p, size_t, i32, u32], size_t)
+        self.kv_defrag = bind("llama_kv_cache_defrag", [void], None)
+        self.kv_update = bind("llama_kv_cache_update", [void], None)
+        self.kv_view_init = bind("llama_kv_cache_view_init", [void, i32], KvCacheView)
+        self.kv_view_update = bind("llama_kv_cache_view_update", [void, ctypes.POINTER(KvCacheView)], None)
+        self.kv_view_free = bind("llama_kv_cache_view_free", [ctypes.POINTER(KvCacheView)], None)
+
+    def kv_cells(self, ctx: int) -> tuple[int, int]:
+        """(used cells, 1 + the highest used cell) of a context's KV cache: equal when it has no holes."""
+        view = self.kv_view_init(ctx, 1)
+        try:
+            self.kv_view_update(ctx, ctypes.byref(view))
+            highest = max((i for i in range(view.n_cells) if view.cells[i].pos >= 0), default=-1)
+            return view.used_cells, highest + 1
+        finally:
+            self.kv_view_free(ctypes.byref(view))
+
+
+class KvCacheViewCell(ctypes.Structure):
+    _fields_ = [("pos", ctypes.c_int32)]
+
+
+class KvCacheView(ctypes.Structure):
+    """llama.h's ``llama_kv_cache_view`` (a debugging snapshot of the KV cells)."""
+
+    _fields_ = [("n_cells", ctypes.c_int32), ("n_seq_max", ctypes.c_int32), ("token_count", ctypes.c_int32),
+                ("used_cells", ctypes.c_int32), ("max_contiguous", ctypes.c_int32),
+                ("max_contiguous_idx", ctypes.c_int32), ("cells", ctypes.POINTER(KvCacheViewCell)),
+                ("cells_sequences", ctypes.POINTER(ctypes.c_int32))]
 
 
 _LOG_FN = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)

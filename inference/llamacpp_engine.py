@@ -201,6 +201,11 @@ class LlamaCppEngine:
     def adapters(self) -> dict[str, str]:
         return {name: folder for name, (folder, _) in self._adapters.items()}
 
+    def kv_cells(self) -> tuple[int, int]:
+        """(used cells, 1 + the highest used cell) of the decode context's KV cache; engine thread only (e.g.
+        from ``on_step``)."""
+        return self.api.kv_cells(self.ctx)
+
     def stats(self) -> dict[str, int]:
         prefilling = 1 if self._prefill is not None else 0
         return {"running": len(self._running) + prefilling, "waiting": len(self._waiting) + self._inbox.qsize(),
@@ -521,6 +526,12 @@ class LlamaCppEngine:
             self.api.seq_rm(self.pctx, 0, -1, -1)
         self._running.pop(seq.slot, None)
         self.api.seq_rm(self.ctx, seq.slot, -1, -1)
+        if self._running:
+            # Compact the cache now: left with a hole, llama.cpp places the others' next tokens in it, and on this
+            # wheel sequences decoded over such holes went wrong together, 11-33 logits off, ~40 tokens after a
+            # wave's first request finished (bench/RESULTS.md, "waves of 8"). Defragmented: identical to alone.
+            self.api.kv_defrag(self.ctx)
+            self.api.kv_update(self.ctx)
         seq.request.on_done(result)
 
 

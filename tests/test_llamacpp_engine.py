@@ -238,6 +238,27 @@ def test_concurrent_requests_share_one_decoder_and_cancellation_frees_slots(engi
     assert engine.decode_calls - decodes_before < 5 * 96
 
 
+def test_a_request_finishing_among_others_leaves_no_hole_in_the_kv_cache(engine: LlamaCppEngine,
+                                                                         real_settings: Settings) -> None:
+    """Requests decoding next to a finished one's freed cells went wrong (bench/RESULTS.md, waves of 8): the
+    engine compacts the cache whenever one finishes among others, so used cells are always one block."""
+    texts = prompts(real_settings, engine.tokenizer)
+    layout: list[tuple[int, int, int]] = []
+    engine.on_step = lambda rows: layout.append((rows, *engine.kv_cells()))  # runs on the engine thread
+    try:
+        done = threading.Barrier(4)
+        for text, max_new in zip(texts[:3], (3, 40, 40), strict=True):  # the first finishes long before the others
+            engine.submit(EngineRequest(engine.tokenizer(text, add_special_tokens=False).input_ids, None, max_new, 0.0,
+                                        1.0, 1.1, on_text=lambda t: None,
+                                        on_done=lambda r: threading.Thread(target=done.wait).start()))
+        done.wait(timeout=300)
+    finally:
+        engine.on_step = None
+    after_finish = [(used, span) for rows, used, span in layout if rows == 2]
+    assert after_finish, "the short request finished while the two others were decoding"
+    assert all(used == span and used > 0 for used, span in after_finish), after_finish[:5]
+
+
 def test_the_shared_system_prompt_is_prefilled_once(engine: LlamaCppEngine, real_settings: Settings) -> None:
     texts = prompts(real_settings, engine.tokenizer)
     run(engine, texts[0], max_new=2)
