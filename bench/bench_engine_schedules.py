@@ -56,22 +56,16 @@ def run(engine, prompts: list[list[int]], adapter: str, max_new: int, penalty: f
     return out
 
 
-def main() -> None:
-    import torch
-    from peft import PeftModel
-
+def engine_on_held_out(data_dir: Path, weights: str, limit: int | None):
+    """The data dir's settings (engine weights set), active adapter (loaded as ``"a"``) and llama.cpp engine, and
+    the held-out questions' combined-mode prompts as text and as token ids."""
     from core import artifacts
 
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--data-dir", type=Path, required=True)
-    parser.add_argument("--weights", default="f16")
-    parser.add_argument("--limit", type=int)
-    args = parser.parse_args()
-    settings = load_settings(data_dir=args.data_dir)
+    settings = load_settings(data_dir=data_dir)
     settings = settings.model_copy(update={"generation": settings.generation.model_copy(
-        update={"llamacpp_weights": args.weights})})
+        update={"llamacpp_weights": weights})})
     adapter = artifacts.get_artifact(settings, "adapter", "active")
-    items = load_eval_set(settings.eval.eval_file, args.limit)
+    items = load_eval_set(settings.eval.eval_file, limit)
     retriever = open_retriever(settings)
     engine = engine_from_settings(settings)
     engine.load_adapter("a", adapter.path / "adapter")
@@ -79,7 +73,30 @@ def main() -> None:
     texts = [build_prompt(load_template(settings), tok, item.question,
                           [r.to_passage() for r in retriever.search(item.question, k=settings.retrieval.top_k)],
                           max_tokens=settings.generation.max_context_tokens) for item in items]
-    prompts = [tok(t, add_special_tokens=False).input_ids for t in texts]
+    return settings, adapter, engine, texts, [tok(t, add_special_tokens=False).input_ids for t in texts]
+
+
+def first_difference(tok, ours: str, ref: str) -> tuple[list[int], list[int], int]:
+    """Both answers' tokens and the index of the first token where they differ (the shorter one's length when
+    it is a prefix of the other: no token to compare)."""
+    a, b = tok(ours, add_special_tokens=False).input_ids, tok(ref, add_special_tokens=False).input_ids
+    k = 0
+    while k < min(len(a), len(b)) and a[k] == b[k]:
+        k += 1
+    return a, b, k
+
+
+def main() -> None:
+    import torch
+    from peft import PeftModel
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--weights", default="f16")
+    parser.add_argument("--limit", type=int)
+    args = parser.parse_args()
+    settings, adapter, engine, texts, prompts = engine_on_held_out(args.data_dir, args.weights, args.limit)
+    tok = engine.tokenizer
     max_new, penalty = settings.eval.max_new_tokens, settings.generation.repetition_penalty
     model, _ = load_generator(settings, fresh=True)
     model = PeftModel.from_pretrained(model, str(adapter.path / "adapter")).eval()
@@ -93,10 +110,7 @@ def main() -> None:
         for i, (ours, ref) in enumerate(zip(answers, reference, strict=True)):
             if ours == ref:
                 continue
-            a, b = tok(ours, add_special_tokens=False).input_ids, tok(ref, add_special_tokens=False).input_ids
-            k = 0
-            while k < min(len(a), len(b)) and a[k] == b[k]:
-                k += 1
+            a, b, k = first_difference(tok, ours, ref)
             if k >= min(len(a), len(b)):
                 continue
             with torch.no_grad():

@@ -12,35 +12,12 @@ fixes (bench/RESULTS.md: 41/48 identical with gaps of 3-33 logits without it, 48
 from __future__ import annotations
 
 import argparse
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
+from bench_engine_schedules import engine_on_held_out, first_difference, run
 from common import emit
-
-from core import artifacts
-from core.prompt import build_prompt, load_template
-from core.settings import load_settings
-from eval.runner import load_eval_set
-from inference.llamacpp_engine import EngineRequest, LlamaCppEngine, engine_from_settings
-from retrieval.search import open_retriever
-
-
-def decode(engine: LlamaCppEngine, prompts: list[list[int]], width: int, max_new: int, penalty: float) -> list[str]:
-    """Greedy answers, ``width`` requests submitted together and all awaited before the next ``width``."""
-    out = [""] * len(prompts)
-    for start in range(0, len(prompts), width):
-        events = []
-        for i in range(start, min(start + width, len(prompts))):
-            event = threading.Event()
-            events.append(event)
-            engine.submit(EngineRequest(prompts[i], "a", max_new, 0.0, 1.0, penalty, on_text=lambda t: None,
-                                        on_done=lambda r, i=i, e=event: (out.__setitem__(i, getattr(r, "text", repr(r))),
-                                                                          e.set())))
-        for event in events:
-            event.wait()
-    return out
 
 
 def main() -> None:
@@ -50,34 +27,20 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=48)
     parser.add_argument("--no-compaction", action="store_true")
     args = parser.parse_args()
-    settings = load_settings(data_dir=args.data_dir)
-    settings = settings.model_copy(update={"generation": settings.generation.model_copy(
-        update={"llamacpp_weights": args.weights})})
-    adapter = artifacts.get_artifact(settings, "adapter", "active")
-    items = load_eval_set(settings.eval.eval_file, args.limit)
-    retriever = open_retriever(settings)
-    engine = engine_from_settings(settings)
+    settings, adapter, engine, _, prompts = engine_on_held_out(args.data_dir, args.weights, args.limit)
     if args.no_compaction:
         engine.api.kv_defrag = lambda ctx: None
         engine.api.kv_update = lambda ctx: None
-    engine.load_adapter("a", adapter.path / "adapter")
     tok = engine.tokenizer
-    texts = [build_prompt(load_template(settings), tok, item.question,
-                          [r.to_passage() for r in retriever.search(item.question, k=settings.retrieval.top_k)],
-                          max_tokens=settings.generation.max_context_tokens) for item in items]
-    prompts = [tok(t, add_special_tokens=False).input_ids for t in texts]
     max_new, penalty = settings.eval.max_new_tokens, settings.generation.repetition_penalty
     began = time.perf_counter()
-    waves = decode(engine, prompts, 8, max_new, penalty)  # first, on the fresh engine
-    alone = decode(engine, prompts, 1, max_new, penalty)
+    waves = run(engine, prompts, "a", max_new, penalty, "waves")  # first, on the fresh engine
+    alone = run(engine, prompts, "a", max_new, penalty, "alone")
     divergences = []
     for i, (a, b) in enumerate(zip(alone, waves, strict=True)):
         if a == b:
             continue
-        ta, tb = tok(a, add_special_tokens=False).input_ids, tok(b, add_special_tokens=False).input_ids
-        k = 0
-        while k < min(len(ta), len(tb)) and ta[k] == tb[k]:
-            k += 1
+        ta, tb, k = first_difference(tok, a, b)
         gap = None
         if k < min(len(ta), len(tb)):
             logits = np.array(engine.prompt_logits(prompts[i] + ta[:k], "a"), dtype=np.float64)

@@ -194,8 +194,8 @@ def check_gain(settings: Settings, cfg: EmbedderTrainingSettings, pairs: list[Qu
                workdir: Path) -> dict[str, Any]:
     """Estimate what tuning gains before paying for it: train the recipe (``gain_check_epochs`` long) on the
     labelled queries outside a seeded ``gain_check_fraction`` share, score that share (document nDCG@10 over the
-    same chunks the index holds) with the base and the pre-check model, each at its best document-vector weight (which is chosen
-    here too, on queries neither model trained on). ``decision`` is ``tune`` or ``keep_base``; without enough
+    same chunks the index holds) with the base and the pre-check model, each at its best document-vector weight
+    (which is chosen here too, on queries neither model trained on). ``decision`` is ``tune`` or ``keep_base``; without enough
     held-out queries there is no estimate and the weight is chosen by :func:`choose_weight_on_base`."""
     from sentence_transformers import SentenceTransformerTrainer
 
