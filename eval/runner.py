@@ -13,8 +13,9 @@ The two verifier systems run when a verifier artifact exists (``eval.verifier``)
 All systems answer through the backend the server uses (:func:`inference.loader.load_engine`: the same engine,
 weights, decoding, adapter loading and refusal gate as ``/v1/chat``; inside the server, its very backend
 object), ``eval.batch_size`` requests in flight, one system at a time; the report names the engine, the weights
-file and its hash, and the decoding settings. Answers are cached per system and question in ``<out>/answers/<system>.jsonl`` (keyed by the
-prompt's hash), so an interrupted run resumes where it stopped and a re-run only scores.
+file and its hash, and the decoding settings. Answers are cached per system in ``<out>/answers/<system>.jsonl``,
+keyed by the hash of everything that makes an answer (prompt, adapter, engine, decoding): an interrupted run
+resumes where it stopped, a re-run only scores, and a verifier system reuses the answers of the system it gates.
 """
 
 from __future__ import annotations
@@ -193,15 +194,19 @@ class EvalEngine:
         return self.call(answer_all)
 
 
-def _read_cache(path: Path) -> dict[str, dict[str, Any]]:
+def _read_cache(folder: Path) -> dict[str, dict[str, Any]]:
+    """Every cached answer under ``folder`` (all systems' files), keyed by its prompt hash: a system whose prompt,
+    adapter, engine and decoding equal another's (combined+verifier and combined, on what the verifier lets
+    through) reuses that answer instead of generating it again."""
     cache: dict[str, dict[str, Any]] = {}
-    if path.is_file():
+    for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else ():
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut short by an interrupted run
-            cache[row["id"]] = row
+            if isinstance(row, dict) and "prompt_hash" in row:
+                cache[row["prompt_hash"]] = row
     return cache
 
 
@@ -224,7 +229,7 @@ def generate_answers(run: SystemRun, items: Sequence[EvalItem], engine: EvalEngi
         results = [retriever.search(i.question, k=depth) for i in items] if depth > top_k else contexts
     pending: list[tuple[int, str]] = []
     rows: list[dict[str, Any]] = []
-    cache = _read_cache(cache_file)
+    cache = _read_cache(cache_file.parent)
     for n, (item, found, context) in enumerate(zip(items, results, contexts, strict=True)):
         passages = [r.to_passage() for r in context] if context is not None else None
         prompt = build_prompt(template, engine.tokenizer, item.question, passages, with_examples=run.spec.name == "prompt",
@@ -240,8 +245,8 @@ def generate_answers(run: SystemRun, items: Sequence[EvalItem], engine: EvalEngi
                 row.update({"answer": verifier.refusal, "prompt_tokens": 0, "completion_tokens": 0, "seconds": 0.0})
                 rows.append(row)
                 continue
-        cached = cache.get(item.id)
-        if cached and cached.get("prompt_hash") == key:
+        cached = cache.get(key)
+        if cached:
             row.update({k: cached[k] for k in ("answer", "prompt_tokens", "completion_tokens", "seconds")})
         else:
             pending.append((n, prompt))

@@ -4,7 +4,8 @@ Stages, in order: build the data (``onboarding``), index, train the embedder, in
 train the verifier, evaluate every system. Each finished stage is recorded in ``OUT/pipeline.json`` (written
 atomically, with its result and wall time) after its artifact is in place, so an interrupted run resumes at the
 first unfinished stage; a run over changed inputs refuses to mix them (``--restart`` starts over). Before each
-stage the command prints its number, an estimate from the default budget on 2 CPU cores, and the ETA of the rest.
+stage the command prints its number, an estimate from the default budget on 2 CPU cores, and the ETA of the rest;
+after it, its wall time and peak resident memory (both also in the state).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,6 +52,25 @@ class PipelineInputs:
                 digest.update(file.read_bytes())
         digest.update(f"{self.seed}:{self.max_steps}:{self.eval_limit}:{self.on_conflict}".encode())
         return digest.hexdigest()
+
+
+def _reset_peak_rss() -> bool:
+    """Start a new peak-memory measurement for this process (Linux: writing 5 to clear_refs resets VmHWM)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb(since_reset: bool) -> float:
+    """The process's peak resident memory in MB: since the last reset (VmHWM) where that works, else over its
+    whole life (``ru_maxrss``, said so in the state as ``peak_rss_scope``)."""
+    if since_reset:
+        found = re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text())
+        if found:
+            return round(int(found.group(1)) / 1024, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _write_state(path: Path, state: dict[str, Any]) -> None:
@@ -142,13 +164,16 @@ def run_pipeline(inputs: PipelineInputs, out: Path, *, overrides: dict[str, Any]
             continue
         remaining = sum(BUDGET_S[n] for n in STAGES[i - 1:] if n not in actual)
         say(f"[{i}/{len(STAGES)}] {name}: ~{BUDGET_S[name] / 60:.0f} min on 2 cores; ETA of the rest ~{remaining / 60:.0f} min")
+        per_stage = _reset_peak_rss()
         began = time.perf_counter()
         result = stages[name]()
         seconds = round(time.perf_counter() - began, 1)
-        state["stages"][name] = {"seconds": seconds, "result": result}
+        state["stages"][name] = {"seconds": seconds, "peak_rss_mb": _peak_rss_mb(per_stage),
+                                 "peak_rss_scope": "stage" if per_stage else "process", "result": result}
         actual[name] = seconds
         _write_state(state_path, state)
-        say(f"[{i}/{len(STAGES)}] {name}: finished in {seconds:.0f} s")
+        say(f"[{i}/{len(STAGES)}] {name}: finished in {seconds:.0f} s, peak memory "
+            f"{state['stages'][name]['peak_rss_mb']:.0f} MB")
     state["next"] = f"tunerag --config {out / 'data' / 'tunerag.yaml'} serve"
     _write_state(state_path, state)
     return state

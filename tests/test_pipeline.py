@@ -46,6 +46,10 @@ def test_pipeline_runs_every_stage_and_resumes_after_an_interruption(inputs, tmp
     assert state["stages"]["generator"]["result"]["artifact"].startswith("adapter-")
     # 8 training chats are too few for a verifier: skipped for that reason (the data build gave it its refusal).
     assert "at least 20 positive" in state["stages"]["verifier"]["result"]["skipped"]
+    # Peak memory per stage, not per process: the data build's peak is below the generator's (a model in training).
+    assert all(s["peak_rss_scope"] == "stage" and s["peak_rss_mb"] > 0 for s in state["stages"].values())
+    assert state["stages"]["data"]["peak_rss_mb"] < state["stages"]["generator"]["peak_rss_mb"]
+    assert any("peak memory" in line for line in said)
     report = json.loads((out / "report" / "report.json").read_text())
     assert report["models"]["adapter"]["id"] == state["stages"]["generator"]["result"]["artifact"]
 

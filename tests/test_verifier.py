@@ -172,6 +172,12 @@ def test_eval_runs_the_verifier_systems_and_reports_their_refusal_decisions(trai
         if r["answerability"]["refused"]:
             assert r["answer"] == artifact.manifest["refusal_answer"]
     assert all(q["systems"]["rag"]["answerability"] is None for q in report["questions"])
+    # What the verifier lets through is rag's prompt exactly: rag's answer is reused, never generated twice.
+    passed = [q for q in report["questions"] if not q["systems"]["rag+verifier"]["answerability"]["refused"]]
+    assert passed, "the tiny verifier must let something through for this check to mean anything"
+    assert all(q["systems"]["rag+verifier"]["answer"] == q["systems"]["rag"]["answer"] for q in passed)
+    generated = tmp_path / "r" / "answers" / "rag+verifier.jsonl"
+    assert not generated.is_file() or not generated.read_text().strip(), "rag+verifier generated nothing of its own"
     assert "Refusal decisions" in (tmp_path / "r" / "report.md").read_text()
     # Without a system list, the verifier systems join the four when a verifier exists.
     from eval.runner import plan_evaluation
