@@ -363,6 +363,10 @@ class GeneratorTrainingSettings(BaseModel):
         True, description="Batch examples of similar length (less padding: each CPU step computes fewer tokens)."
     )
     max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: run all epochs).")
+    max_train_seconds: float | None = Field(
+        None, gt=0, description="Wall-time budget of the training loop (`tunerag pipeline` sets it from its own): "
+        "after 3 steps the step count is cut to what fits and the LR schedule stretched to end there "
+        "(training/budget.py). None: the epochs or max_steps decide.")
     general_replay_fraction: float = Field(
         0.0, ge=0, le=1, description="Share of general replay rows added to the training rows: the base model's own "
         "answers to general instructions (never the forgetting check's), against catastrophic forgetting.")
@@ -414,6 +418,9 @@ class VerifierTrainingSettings(BaseModel):
         10.0, gt=0, description="Passes over the pairs. The encoder starts as a bi-encoder with a fresh head: on the "
         "sample chats the out-of-fold ROC AUC was 0.57 after 1 epoch, 0.77 after 3, 0.91 after 6, 0.92 after 12.")
     max_steps: int = Field(-1, description="Stop after N optimizer steps (-1: the epochs decide).")
+    max_train_seconds: float | None = Field(
+        None, gt=0, description="Wall-time budget of all its training runs (the folds and the final model, shared in "
+        "proportion to their pairs; training/budget.py). None: the epochs or max_steps decide.")
     per_device_train_batch_size: int = Field(16, gt=0)
     learning_rate: float = Field(1e-4, gt=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)

@@ -376,7 +376,10 @@ def pipeline(
     docs: Annotated[Path | None, typer.Option("--docs", help="The help center: a folder of Markdown/HTML/PDF/text.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the held-out split.")] = 0,
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Cap embedder/generator/verifier steps.")] = None,
-    eval_limit: Annotated[int | None, typer.Option("--eval-limit", help="Evaluate the first N held-out questions.")] = None,
+    eval_limit: Annotated[int, typer.Option("--eval-limit", help="Evaluate the first N held-out questions (0: all).")] = 100,
+    budget_minutes: Annotated[float, typer.Option("--budget-minutes", help="Fit the generator's and verifier's "
+                                                  "training into this wall time on this machine (0: no budget, "
+                                                  "the recipes' epochs decide).")] = 30.0,
     restart: Annotated[bool, typer.Option("--restart", help="Ignore the finished stages in OUT and start over.")] = False,
     on_conflict: Annotated[str, typer.Option("--on-conflict", help="The same question with another answer: error "
                                                                     "(default) or keep-first.")] = "error",
@@ -388,7 +391,11 @@ def pipeline(
     with _library_output_to_stderr():
         if on_conflict not in ("error", "keep-first"):
             raise TuneragError(f"--on-conflict must be error or keep-first, got {on_conflict!r}")
-        state = run_pipeline(PipelineInputs(docs, faq, style, seed, max_steps, eval_limit, on_conflict), out,
+        if eval_limit < 0 or budget_minutes < 0:
+            raise TuneragError("--eval-limit and --budget-minutes must be >= 0 (0: no limit)")
+        spec = PipelineInputs(docs, faq, style, seed=seed, max_steps=max_steps, eval_limit=eval_limit or None,
+                              on_conflict=on_conflict, budget_minutes=budget_minutes or None)
+        state = run_pipeline(spec, out,
                              overrides={"models": models}, restart=restart, say=lambda m: typer.echo(m, err=True))
     typer.echo(json.dumps(state, indent=2, default=str))
     typer.echo(f"serve it: {state['next']}", err=True)

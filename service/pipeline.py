@@ -6,6 +6,11 @@ atomically, with its result and wall time) after its artifact is in place, so an
 first unfinished stage; a run over changed inputs refuses to mix them (``--restart`` starts over). Before each
 stage the command prints its number, an estimate from the default budget on 2 CPU cores, and the ETA of the rest;
 after it, its wall time and peak resident memory (both also in the state).
+
+A time budget (``budget_minutes``, 30 by default) fits the run to the machine: the generator's and the verifier's
+training loops measure their seconds per step after three steps and stop where the budget says, with the learning
+rate schedule stretched to end there (``training/budget.py``); the evaluation answers the first ``eval_limit``
+(100) held-out questions. Each artifact's manifest records its budget, the planned and the trained steps.
 """
 
 from __future__ import annotations
@@ -25,11 +30,19 @@ from core import artifacts
 from core.errors import InvalidInputError, TuneragError
 from core.settings import Settings, load_settings
 
-#: Estimated seconds per stage with the default recipes on 2 CPU cores, for the ETA before a stage has run
-#: (rough: the generator's from the sample domain's one-epoch runs, 16-33 min; the others from their benchmarks).
-#: Not yet measured end to end on a FAQ of ~500 entries.
-BUDGET_S = {"data": 5, "index": 60, "embedder": 240, "reindex": 60, "generator": 1200, "verifier": 120, "eval": 600}
+#: Estimated seconds per stage on 2 CPU cores within the default 30-minute budget, for the ETA before a stage
+#: has run (zaragoza-construction-faq, ~500 entries: bench/RESULTS.md).
+BUDGET_S = {"data": 5, "index": 30, "embedder": 170, "reindex": 20, "generator": 720, "verifier": 180, "eval": 700}
 STAGES = tuple(BUDGET_S)
+#: How a time budget is spent. The stages before the generator are not capped (~4 min for ~500 entries); the
+#: verifier's training runs get a fixed share; the evaluation is estimated from the answers it will generate
+#: (measured: 1,099 s for 149 questions x 4 systems on zaragoza, 1.84 s an answer, 8 in flight); the generator
+#: gets the rest, less what follows its training loop (validation pass, saving, forgetting check).
+VERIFIER_SHARE = 0.10
+EVAL_SECONDS_PER_ANSWER = 1.9
+GENERATING_SYSTEMS = 4  # prompt, rag, ft, combined; the +verifier systems reuse their answers
+AFTER_GENERATOR_TRAINING_S = 150
+MIN_GENERATOR_S = 300
 
 
 @dataclass(frozen=True)
@@ -39,8 +52,9 @@ class PipelineInputs:
     style: Path
     seed: int = 0
     max_steps: int | None = None  # embedder and generator (quick runs)
-    eval_limit: int | None = None
+    eval_limit: int | None = 100  # the first N held-out questions (None: all)
     on_conflict: str = "error"
+    budget_minutes: float | None = 30.0  # wall time the training stages are fitted into (None: the recipes decide)
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
@@ -50,7 +64,7 @@ class PipelineInputs:
             for file in sorted(p for p in self.docs.rglob("*") if p.is_file()):
                 digest.update(str(file.relative_to(self.docs)).encode())
                 digest.update(file.read_bytes())
-        digest.update(f"{self.seed}:{self.max_steps}:{self.eval_limit}:{self.on_conflict}".encode())
+        digest.update(f"{self.seed}:{self.max_steps}:{self.eval_limit}:{self.on_conflict}:{self.budget_minutes}".encode())
         return digest.hexdigest()
 
 
@@ -79,13 +93,33 @@ def _write_state(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _stages(inputs: PipelineInputs, out: Path, overrides: dict[str, Any]) -> dict[str, Callable[[], dict[str, Any]]]:
+def generator_seconds(inputs: PipelineInputs, spent_s: float, eval_questions: int) -> float | None:
+    """The generator's training-loop budget: what the pipeline's budget leaves after the finished stages, the
+    verifier's share, the evaluation's estimate and the work after training (never under MIN_GENERATOR_S)."""
+    if inputs.budget_minutes is None:
+        return None
+    total = inputs.budget_minutes * 60
+    left = (total - spent_s - VERIFIER_SHARE * total - eval_questions * GENERATING_SYSTEMS * EVAL_SECONDS_PER_ANSWER
+            - AFTER_GENERATOR_TRAINING_S)
+    return max(left, MIN_GENERATOR_S)
+
+
+def _stages(inputs: PipelineInputs, out: Path, overrides: dict[str, Any], spent: Callable[[], float],
+            say: Callable[[str], None]) -> dict[str, Callable[[], dict[str, Any]]]:
     def settings() -> Settings:
         return load_settings(out / "data" / "tunerag.yaml", **overrides)
 
-    def recipe_config(s: Settings, section: str) -> Any:
-        """The settings' config for one recipe, with the pipeline's step cap (a quick run) applied."""
-        return getattr(s, section).model_copy(update={"max_steps": inputs.max_steps} if inputs.max_steps else {})
+    def recipe_config(s: Settings, section: str, seconds: float | None = None) -> Any:
+        """The settings' config for one recipe, with the pipeline's step cap (a quick run) and time budget."""
+        update: dict[str, Any] = {"max_steps": inputs.max_steps} if inputs.max_steps else {}
+        if seconds is not None:
+            update["max_train_seconds"] = seconds
+        return getattr(s, section).model_copy(update=update)
+
+    def eval_questions() -> int:
+        card = json.loads((out / "data" / "card.json").read_text())["counts"]
+        held = card["heldout_answerable"] + card["heldout_unanswerable"]
+        return min(held, inputs.eval_limit) if inputs.eval_limit else held
 
     def data() -> dict[str, Any]:
         from onboarding.build import build_data
@@ -117,21 +151,29 @@ def _stages(inputs: PipelineInputs, out: Path, overrides: dict[str, Any]) -> dic
         from training.generator_recipe import train_generator
 
         s = settings()
-        artifact = train_generator(s, recipe_config(s, "train_generator"))
+        seconds = generator_seconds(inputs, spent(), eval_questions())
+        if seconds is not None:
+            say(f"    budget {inputs.budget_minutes:g} min: the generator's training gets {seconds / 60:.1f} min "
+                f"({eval_questions()} questions to evaluate after it)")
+        artifact = train_generator(s, recipe_config(s, "train_generator", seconds))
         artifacts.activate(s, "adapter", artifact.id)
         return {"artifact": artifact.id, "final_validation_loss": artifact.manifest["final_validation_loss"],
+                "global_steps": artifact.manifest["global_steps"], "time_budget": artifact.manifest.get("time_budget"),
                 "forgetting": (artifact.manifest.get("forgetting") or {}).get("perplexity")}
 
     def verifier() -> dict[str, Any]:
         from training.verifier_recipe import train_verifier
 
         s = settings()
+        seconds = VERIFIER_SHARE * inputs.budget_minutes * 60 if inputs.budget_minutes is not None else None
         try:
-            artifact = train_verifier(s, recipe_config(s, "train_verifier"))
+            artifact = train_verifier(s, recipe_config(s, "train_verifier", seconds))
         except InvalidInputError as exc:  # too few refusals to learn from: the +verifier systems are skipped
             return {"skipped": str(exc)}
         artifacts.activate(s, "verifier", artifact.id)
-        return {"artifact": artifact.id, "threshold": artifact.manifest.get("threshold")}
+        return {"artifact": artifact.id, "threshold": artifact.manifest.get("threshold"),
+                "metrics_out_of_fold": artifact.manifest.get("metrics_out_of_fold"),
+                "time_budget": artifact.manifest.get("time_budget")}
 
     def evaluate() -> dict[str, Any]:
         from eval.runner import EvalOptions, run_evaluation
@@ -156,8 +198,8 @@ def run_pipeline(inputs: PipelineInputs, out: Path, *, overrides: dict[str, Any]
             raise TuneragError(f"{out} holds a pipeline over other inputs (documents, FAQ, style or options changed): "
                                "pass --restart to start over, or choose another --out")
         state = previous
-    stages = _stages(inputs, out, overrides or {})
     actual = {name: s["seconds"] for name, s in state["stages"].items()}
+    stages = _stages(inputs, out, overrides or {}, lambda: sum(actual.values()), say)
     for i, name in enumerate(STAGES, 1):
         if name in state["stages"]:
             say(f"[{i}/{len(STAGES)}] {name}: done earlier ({state['stages'][name]['seconds']:.0f} s), skipped")

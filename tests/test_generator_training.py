@@ -272,6 +272,46 @@ def test_tiny_run_lowers_loss_and_writes_a_loadable_adapter(settings: Settings, 
     assert not torch.allclose(base_logits, tuned_logits, atol=1e-4), "the adapter changes the model"
 
 
+def test_a_time_budget_stops_the_run_where_it_fits_and_the_manifest_says_so(settings: Settings,
+                                                                            small_chat_file: Path) -> None:
+    """A budget far below one step: after the 3 calibration steps nothing more fits, so the run stops at 3 of its
+    12 planned steps, still validates and keeps its best checkpoint, and the manifest records it."""
+    cfg = settings.train_generator.model_copy(update={
+        "chat_files": [small_chat_file], "max_steps": 12, "per_device_train_batch_size": 2, "warmup_ratio": 0.0,
+        "max_train_seconds": 1e-3, "r": 4, "lora_alpha": 8})
+    m = train_generator(settings, cfg).manifest
+    assert m["global_steps"] == 3 and m["final_validation_loss"] is not None
+    budget = m["time_budget"]
+    assert budget["planned_steps"] == 12 and budget["fitted_steps"] == 3 and budget["steps"] == 3
+    assert budget["stopped_early"] is True and budget["seconds_per_step"] > 0
+
+
+def test_the_time_budget_stretches_the_lr_schedule_to_end_at_the_fitted_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a clock of 1 s a step and a 6 s budget, 6 of 12 planned steps fit: training stops at 6, and the linear
+    schedule (a real transformers LambdaLR) reaches zero there instead of being cut at half the peak rate."""
+    import torch
+    from transformers import TrainerControl, TrainerState, get_scheduler
+
+    import training.budget as budget_module
+    from training.budget import TimeBudget
+
+    clock = iter(range(100))
+    monkeypatch.setattr(budget_module.time, "perf_counter", lambda: float(next(clock)))
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=0, num_training_steps=12)
+    state, control, callback = TrainerState(max_steps=12), TrainerControl(), TimeBudget(6.0)
+    callback.on_train_begin(None, state, control)
+    rates = []
+    while not control.should_training_stop:
+        optimizer.step()
+        scheduler.step()
+        state.global_step += 1
+        rates.append(scheduler.get_last_lr()[0])
+        control = callback.on_step_end(None, state, control, lr_scheduler=scheduler)
+    assert state.global_step == 6 and callback.report["fitted_steps"] == 6 and callback.report["lr_schedule_rescaled"]
+    assert rates[2] == pytest.approx(9 / 12) and rates[-1] == pytest.approx(0.0), rates
+
+
 def test_interrupted_run_resumes_from_its_checkpoint(settings: Settings, small_chat_file: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from transformers import Trainer

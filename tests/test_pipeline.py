@@ -44,6 +44,9 @@ def test_pipeline_runs_every_stage_and_resumes_after_an_interruption(inputs, tmp
     assert sum("skipped" in line for line in said) == 4  # the finished stages were not run again
     assert (out / "report" / "report.html").is_file() and (out / "report" / "report.json").is_file()
     assert state["stages"]["generator"]["result"]["artifact"].startswith("adapter-")
+    # The default 30-minute budget reached the generator's training loop (2 steps fit it: not stopped early).
+    budget = state["stages"]["generator"]["result"]["time_budget"]
+    assert 300 <= budget["budget_s"] <= 1800 and budget["planned_steps"] == 2 and budget["stopped_early"] is False
     # 8 training chats are too few for a verifier: skipped for that reason (the data build gave it its refusal).
     assert "at least 20 positive" in state["stages"]["verifier"]["result"]["skipped"]
     # Peak memory per stage, not per process: the data build's peak is below the generator's (a model in training).

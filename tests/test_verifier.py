@@ -33,6 +33,17 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_generator_dir: Path, 
     return settings, train_verifier(settings, _cfg())
 
 
+def test_a_time_budget_is_shared_by_the_fold_runs_and_the_final_one(trained) -> None:
+    """A budget below one step each: the two fold runs and the final one each stop after their 3 calibration
+    steps, in proportion to their pairs, and the manifest lists all three."""
+    settings, _ = trained
+    m = train_verifier(settings, _cfg().model_copy(update={"max_train_seconds": 0.04, "max_steps": -1})).manifest
+    runs = m["time_budget"]
+    assert len(runs) == 3 and all(r["steps"] == 3 and r["stopped_early"] for r in runs), runs
+    assert runs[2]["budget_s"] == pytest.approx(runs[0]["budget_s"] + runs[1]["budget_s"], rel=0.05)
+    assert m["global_steps"] == 3
+
+
 def test_recipe_builds_gold_gold_removed_and_unanswerable_contexts_and_records_a_threshold(trained) -> None:
     settings, artifact = trained
     manifest = artifact.manifest

@@ -279,6 +279,8 @@ def train_generator(settings: Settings, cfg: GeneratorTrainingSettings | None = 
     from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback
     from trl import SFTTrainer
 
+    from training.budget import TimeBudget
+
     began = time.perf_counter()
     cfg = cfg or settings.train_generator
 
@@ -344,10 +346,12 @@ def train_generator(settings: Settings, cfg: GeneratorTrainingSettings | None = 
 
     # --- train
     args = build_sft_config(cfg, workdir / "checkpoints", on_cpu=device == "cpu")
+    budget = TimeBudget(cfg.max_train_seconds) if cfg.max_train_seconds else None
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=to_dataset(train_rows), eval_dataset=to_dataset(val_rows),
         processing_class=tokenizer, peft_config=lora,
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience)],
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience),
+                   *([budget] if budget else [])],
     )
     checkpoint = _latest_checkpoint(workdir) if resume else None
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -382,6 +386,7 @@ def train_generator(settings: Settings, cfg: GeneratorTrainingSettings | None = 
         "final_validation_loss": final_eval.get("eval_loss"),
         "best_checkpoint": trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name,
         "global_steps": trainer.state.global_step,
+        "time_budget": budget.report if budget else None,
         "resumed_from": checkpoint.name if checkpoint else None,
         "init_adapter": start.id if start is not None else None,
         "loss_curve": history,

@@ -121,8 +121,8 @@ def threshold_metrics(scores: Sequence[float], answerable: Sequence[bool], thres
 
 
 def _train_one(base_model: str, rows: Sequence[tuple[str, str, float]], cfg: VerifierTrainingSettings,
-               output_dir: Path, on_cpu: bool):
-    """A fresh cross-encoder from ``base_model`` trained on ``rows``."""
+               output_dir: Path, on_cpu: bool, seconds: float | None = None):
+    """A fresh cross-encoder from ``base_model`` trained on ``rows`` (within ``seconds`` of training loop)."""
     import torch
     from datasets import Dataset
     from sentence_transformers.cross_encoder import (
@@ -143,8 +143,13 @@ def _train_one(base_model: str, rows: Sequence[tuple[str, str, float]], cfg: Ver
         warmup_steps=cfg.warmup_ratio, save_strategy="no", report_to=[], use_cpu=on_cpu, bf16=False, fp16=not on_cpu,
         seed=cfg.seed, logging_steps=10, dataloader_num_workers=0, disable_tqdm=False,
     )
-    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=dataset.shuffle(seed=cfg.seed), loss=loss)
+    from training.budget import TimeBudget
+
+    budget = TimeBudget(seconds) if seconds else None
+    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=dataset.shuffle(seed=cfg.seed), loss=loss,
+                                  callbacks=[budget] if budget else None)
     trainer.train()
+    trainer.time_budget = budget.report if budget else None
     return model, trainer
 
 
@@ -201,12 +206,17 @@ def train_verifier(settings: Settings, cfg: VerifierTrainingSettings | None = No
         random.Random(cfg.seed).shuffle(ids)
         fold_of = {example_id: i % cfg.folds for i, example_id in enumerate(ids)}
         oof_scores: list[float] = [0.0] * len(sets)
+        # A time budget is shared by the fold runs and the final one in proportion to their pairs.
+        share = (lambda n: cfg.max_train_seconds * n / (len(rows) * cfg.folds)) if cfg.max_train_seconds else (lambda n: None)
+        budgets: list[dict[str, Any] | None] = []
         for fold in range(cfg.folds):
             held = [i for i, s in enumerate(sets) if fold_of[s.example_id] == fold]
             fold_rows = training_pairs([s for s in sets if fold_of[s.example_id] != fold])
             logger.info("verifier fold %d/%d: %d training pairs, %d held-out contexts", fold + 1, cfg.folds,
                         len(fold_rows), len(held))
-            model, _ = _train_one(base_model, fold_rows, cfg, workdir / f"fold-{fold}", on_cpu)
+            model, fold_trainer = _train_one(base_model, fold_rows, cfg, workdir / f"fold-{fold}", on_cpu,
+                                             share(len(fold_rows)))
+            budgets.append(fold_trainer.time_budget)
             for i, score in zip(held, _set_scores(model, [sets[i] for i in held]), strict=True):
                 oof_scores[i] = score
             shutil.rmtree(workdir / f"fold-{fold}", ignore_errors=True)
@@ -219,7 +229,8 @@ def train_verifier(settings: Settings, cfg: VerifierTrainingSettings | None = No
         logger.info("verifier threshold %.4f (out of fold: %s)", threshold, oof)
 
         # --- train the final model on every pair
-        model, trainer = _train_one(base_model, rows, cfg, workdir / "final", on_cpu)
+        model, trainer = _train_one(base_model, rows, cfg, workdir / "final", on_cpu, share(len(rows)))
+        budgets.append(trainer.time_budget)
 
         # --- save
         model.save_pretrained(str(workdir / MODEL_DIR))
@@ -241,6 +252,7 @@ def train_verifier(settings: Settings, cfg: VerifierTrainingSettings | None = No
             "metrics_out_of_fold_by_context": by_kind,
             "hyperparameters": cfg.model_dump(mode="json") | {"top_k": top_k},
             "global_steps": trainer.state.global_step,
+            "time_budget": budgets if cfg.max_train_seconds else None,
             "wall_time_s": round(time.perf_counter() - began, 1),
         }
         artifact = artifacts.finalize(settings, "verifier", artifact_id, manifest, keep=[MODEL_DIR])
