@@ -33,10 +33,15 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_generator_dir: Path, 
     return settings, train_verifier(settings, _cfg())
 
 
-def test_a_time_budget_is_shared_by_the_fold_runs_and_the_final_one(trained) -> None:
+def test_a_time_budget_is_shared_by_the_fold_runs_and_the_final_one(tmp_path: Path, tiny_generator_dir: Path,
+                                                                  tiny_embedder_dir: Path) -> None:
     """A budget below one step each: the two fold runs and the final one each stop after their 3 calibration
-    steps, in proportion to their pairs, and the manifest lists all three."""
-    settings, _ = trained
+    steps, in proportion to their pairs, and the manifest lists all three. (Its own data dir: the module's
+    other tests expect exactly one verifier artifact.)"""
+    from core.settings import load_settings
+
+    settings = load_settings(data_dir=tmp_path / "var", cache_dir=tmp_path / "cache",
+                             models={"generator": str(tiny_generator_dir), "embedder": str(tiny_embedder_dir)})
     m = train_verifier(settings, _cfg().model_copy(update={"max_train_seconds": 0.04, "max_steps": -1})).manifest
     runs = m["time_budget"]
     assert len(runs) == 3 and all(r["steps"] == 3 and r["stopped_early"] for r in runs), runs
