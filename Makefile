@@ -45,12 +45,14 @@ prepare: setup
 run: prepare
 	$(BIN)/tunerag serve
 
-## demo: train a small embedder and adapter on the sample domain (~14 min on 2 cores), index with it, serve both
+## demo: the path a team takes, on the sample's help center, FAQ export, style file and escalated questions:
+## `tunerag pipeline` (data build, index, embedder, generator, verifier, evaluation) into var/demo, then serve it
+SAMPLE_INPUT := data/sample/onboarding
+DEMO_BUDGET_MINUTES ?= 15
 demo: prepare
-	$(BIN)/tunerag --config configs/cpu-quick.yaml train embedder
-	$(BIN)/tunerag index --rebuild --embedder artifact:latest
-	$(BIN)/tunerag --config configs/cpu-quick.yaml train generator --activate
-	$(BIN)/tunerag serve
+	$(BIN)/tunerag pipeline --docs data/sample/kb --faq $(SAMPLE_INPUT)/faq.jsonl --style $(SAMPLE_INPUT)/style.yaml \
+	  --unanswered $(SAMPLE_INPUT)/unanswered.txt --out var/demo --budget-minutes $(DEMO_BUDGET_MINUTES) --eval-limit 30
+	$(BIN)/tunerag --config var/demo/data/tunerag.yaml serve
 
 ## test: the whole suite, slow tests included (what CI runs)
 test: setup

@@ -151,6 +151,26 @@ def chat(idx: int, turns: list[tuple[str, str]], doc_ids: list[str], kind: str) 
     return {"id": f"chat-{idx:04d}", "kind": kind, "doc_ids": doc_ids, "messages": messages}
 
 
+def write_onboarding_inputs(folder: Path) -> None:
+    """The sample as a support team has it, with no facts table: an FAQ export (every customer question with
+    its answer and article id, held-out facts included: the split is `tunerag data build`'s), a style file,
+    and the questions the help center does not answer. `make demo` builds the domain from these."""
+    folder.mkdir(parents=True)
+    with (folder / "faq.jsonl").open("w") as fh:
+        for doc in DOCS:
+            for fact in doc.facts:
+                for q in fact.questions:
+                    fh.write(json.dumps({"question": q, "answer": fact.text, "doc_id": doc.doc_id},
+                                        ensure_ascii=False) + "\n")
+    (folder / "style.yaml").write_text(
+        f"company: {json.dumps(PRODUCT + ', shipping software for online stores')}\n"
+        f"greeting: {json.dumps(GREETING)}\nsign_off: {json.dumps(SIGN_OFF, ensure_ascii=False)}\nword_limit: 120\n"
+        f"refusal: {json.dumps(REFUSAL)}\nrefusal_phrase: \"i couldn't find that in our help center\"\n"
+        "language: English\n")
+    (folder / "unanswered.txt").write_text("# Questions the help center does not answer (escalated tickets).\n"
+                                           + "".join(q + "\n" for q in UNANSWERABLE_TRAIN + UNANSWERABLE_EVAL))
+
+
 def main() -> None:
     if OUT.exists():
         shutil.rmtree(OUT)
@@ -210,6 +230,7 @@ def main() -> None:
         for c in shots:
             fh.write(json.dumps({"question": c["messages"][1]["content"], "answer": c["messages"][2]["content"]},
                                 ensure_ascii=False) + "\n")
+    write_onboarding_inputs(OUT / "onboarding")
     print(f"{len(DOCS)} documents, {len(chats)} training chats, {len(evals)} eval questions -> {OUT}")
 
 

@@ -10,9 +10,11 @@ Written into one folder (staged, then moved into place; nothing partial on any e
                          from the real index at training time)
     train_pairs.jsonl    (question, doc_id) pairs for the embedder
     few_shot.jsonl       two training examples for prompt-only mode
-    eval.jsonl           the held-out split by entry (seeded): answerable questions with gold ids and reference
-                         answers, and unanswerable ones made honestly by leaving their FAQ documents out of the
-                         knowledge base
+    eval.jsonl           the held-out split by answer (seeded; the phrasings of one answer never straddle it):
+                         answerable questions with gold ids and reference answers, and unanswerable ones made
+                         honestly: FAQ documents left out of the knowledge base, and the held-out share of the
+                         questions the team says its documents do not answer (``unanswered``), whose training
+                         share becomes refusal chats
     tunerag.yaml         settings pointing every recipe, the index and the evaluation at these files (and a data
                          directory of its own, ``var/`` in the folder)
     card.json            counts, duplicates dropped, the split, and the commands to run next
@@ -31,7 +33,7 @@ import yaml
 
 from core.errors import InvalidInputError
 from core.staging import staged_dir
-from onboarding.faq import FaqEntry, read_faq
+from onboarding.faq import FaqEntry, read_faq, read_unanswered
 from onboarding.style import StyleFile, load_style
 from retrieval.loaders import load_documents
 
@@ -47,7 +49,7 @@ def _jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def build_data(docs_dir: Path | None, faq_file: Path, style_file: Path, out: Path, *, seed: int = 0,
                heldout_fraction: float = 0.3, unanswerable_fraction: float = 0.1, max_faq_bytes: int = 50_000_000,
-               force: bool = False, on_conflict: str = "error") -> dict[str, Any]:
+               force: bool = False, on_conflict: str = "error", unanswered_file: Path | None = None) -> dict[str, Any]:
     """Build the folder described in the module docstring; returns the data card.
 
     Raises:
@@ -57,6 +59,7 @@ def build_data(docs_dir: Path | None, faq_file: Path, style_file: Path, out: Pat
         raise InvalidInputError(f"{out} exists and is not empty; choose another --out or pass --force")
     style = load_style(style_file)
     entries, duplicates, conflicts = read_faq(faq_file, max_faq_bytes, on_conflict)
+    unanswered = read_unanswered(unanswered_file, max_faq_bytes, entries) if unanswered_file else []
     documents = {d.doc_id: d for d in load_documents([docs_dir])} if docs_dir else {}
     if docs_dir and not documents:
         raise InvalidInputError(f"{docs_dir}: no documents found (Markdown, HTML, PDF, text)")
@@ -69,11 +72,23 @@ def build_data(docs_dir: Path | None, faq_file: Path, style_file: Path, out: Pat
             faq_docs.setdefault(doc_id, e)
         gold[e.line] = doc_id
 
+    # Split by answer: the entries giving the same answer from the same document are one unit (several
+    # phrasings of one question), so no held-out question has its answer trained under another wording.
+    units: dict[tuple[str, str], list[FaqEntry]] = {}
+    for e in entries:
+        units.setdefault((gold[e.line], " ".join(e.answer.lower().split())), []).append(e)
     rng = random.Random(seed)
-    order = list(entries)
+    order = list(units.values())
     rng.shuffle(order)
-    held = order[: max(2, round(len(order) * heldout_fraction))]
-    train = [e for e in order if e not in held]
+    cut = max(2, round(len(order) * heldout_fraction))
+    if cut >= len(order):
+        raise InvalidInputError(f"{faq_file}: {len(order)} distinct answers; a held-out split needs at least 3")
+    held = [e for unit in order[:cut] for e in unit]
+    train = [e for unit in order[cut:] for e in unit]
+    shuffled = list(unanswered)
+    rng.shuffle(shuffled)
+    unanswered_held = sorted(shuffled[: round(len(shuffled) * heldout_fraction)])
+    unanswered_train = sorted(shuffled[len(unanswered_held):])
     # Unanswerable: held-out entries whose (FAQ-made) document is left out of the knowledge base, and that no
     # training entry cites.
     train_docs = {gold[e.line] for e in train}
@@ -81,16 +96,20 @@ def build_data(docs_dir: Path | None, faq_file: Path, style_file: Path, out: Pat
     dropped = {gold[e.line] for e in candidates[: max(1, round(len(held) * unanswerable_fraction))]} if candidates else set()
 
     with staged_dir(out) as staging:
-        _write(staging, out, style, docs_dir, train, held, gold, faq_docs, dropped)
+        _write(staging, out, style, docs_dir, train, held, gold, faq_docs, dropped, unanswered_train, unanswered_held)
         card = {
             "inputs": {"docs": str(docs_dir) if docs_dir else None, "faq": str(faq_file), "style": str(style_file),
+                       "unanswered": str(unanswered_file) if unanswered_file else None,
                        "seed": seed, "heldout_fraction": heldout_fraction},
             "conflicts_dropped": conflicts,
             "counts": {"faq_entries": len(entries), "duplicates_dropped": duplicates, "conflicts_dropped": len(conflicts), "team_documents": len(documents),
-                       "faq_documents": len(faq_docs) - len(dropped), "train": len(train),
+                       "faq_documents": len(faq_docs) - len(dropped), "distinct_answers": len(order),
+                       "train": len(train), "train_refusals": len(unanswered_train),
                        "heldout_answerable": len([e for e in held if gold[e.line] not in dropped]),
-                       "heldout_unanswerable": len([e for e in held if gold[e.line] in dropped])},
-            "unanswerable_rule": "held-out FAQ entries whose own FAQ document is left out of the knowledge base",
+                       "heldout_unanswerable": len([e for e in held if gold[e.line] in dropped]) + len(unanswered_held)},
+            "split_rule": "by answer: entries with the same answer and document are held out or trained together",
+            "unanswerable_rule": "held-out FAQ entries whose own FAQ document is left out of the knowledge base, and "
+                                 "the held-out share of the unanswered questions (the rest train refusals)",
             "next": [f"tunerag --config {out / 'tunerag.yaml'} index --rebuild",
                      f"tunerag --config {out / 'tunerag.yaml'} train embedder",
                      f"tunerag --config {out / 'tunerag.yaml'} train generator",
@@ -101,7 +120,8 @@ def build_data(docs_dir: Path | None, faq_file: Path, style_file: Path, out: Pat
 
 
 def _write(staging: Path, out: Path, style: StyleFile, docs_dir: Path | None, train: list[FaqEntry],
-           held: list[FaqEntry], gold: dict[int, str], faq_docs: dict[str, FaqEntry], dropped: set[str]) -> None:
+           held: list[FaqEntry], gold: dict[int, str], faq_docs: dict[str, FaqEntry], dropped: set[str],
+           unanswered_train: list[tuple[int, str]], unanswered_held: list[tuple[int, str]]) -> None:
     kb = staging / "faq_docs"
     kb.mkdir()
     for doc_id, entry in faq_docs.items():
@@ -115,7 +135,10 @@ def _write(staging: Path, out: Path, style: StyleFile, docs_dir: Path | None, tr
     _jsonl(staging / "chat_train.jsonl", [
         {"id": f"faq-{e.line}", "doc_ids": [gold[e.line]], "messages": [
             {"role": "system", "content": system}, {"role": "user", "content": e.question},
-            {"role": "assistant", "content": style.answer(e.answer, [gold[e.line]])}]} for e in train])
+            {"role": "assistant", "content": style.answer(e.answer, [gold[e.line]])}]} for e in train]
+        + [{"id": f"unanswered-{n}", "kind": "unanswerable", "doc_ids": [], "messages": [
+            {"role": "system", "content": system}, {"role": "user", "content": q},
+            {"role": "assistant", "content": style.refusal_answer()}]} for n, q in unanswered_train])
     _jsonl(staging / "train_pairs.jsonl", [{"question": e.question, "doc_id": gold[e.line]} for e in train])
     _jsonl(staging / "few_shot.jsonl", [{"question": e.question, "answer": style.answer(e.answer, [gold[e.line]])}
                                         for e in train[:2]])
@@ -124,7 +147,9 @@ def _write(staging: Path, out: Path, style: StyleFile, docs_dir: Path | None, tr
          "gold_doc_ids": [] if gold[e.line] in dropped else [gold[e.line]],
          "answerable": gold[e.line] not in dropped,
          "reference_answer": style.refusal_answer() if gold[e.line] in dropped else style.answer(e.answer, [gold[e.line]])}
-        for e in held])
+        for e in held]
+        + [{"id": f"unanswered-{n}", "question": q, "gold_doc_ids": [], "answerable": False,
+            "reference_answer": style.refusal_answer()} for n, q in unanswered_held])
     sources = [str(docs_dir.resolve())] if docs_dir else []
     sources.append(str((out / "faq_docs").resolve()))
     config = {

@@ -353,7 +353,10 @@ def data_build(
     out: Annotated[Path, typer.Option("--out", help="Folder to write (must not exist, or --force).")],
     docs: Annotated[Path | None, typer.Option("--docs", help="The help center: a folder of Markdown/HTML/PDF/text.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the held-out split.")] = 0,
-    heldout: Annotated[float, typer.Option(help="Share of FAQ entries held out for evaluation.", min=0.05, max=0.9)] = 0.3,
+    heldout: Annotated[float, typer.Option(help="Share of FAQ answers held out for evaluation.", min=0.05, max=0.9)] = 0.3,
+    unanswered: Annotated[Path | None, typer.Option("--unanswered", help="Questions the documents do not answer "
+                                                    "(.txt, one per line, or .jsonl): refusal chats and unanswerable "
+                                                    "held-out questions.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --out folder.")] = False,
     on_conflict: Annotated[str, typer.Option("--on-conflict", help="The same question with another answer: error "
                                                                     "(default) or keep-first (the rest are listed).")] = "error",
@@ -363,7 +366,8 @@ def data_build(
 
     if on_conflict not in ("error", "keep-first"):
         raise TuneragError(f"--on-conflict must be error or keep-first, got {on_conflict!r}")
-    card = build_data(docs, faq, style, out, seed=seed, heldout_fraction=heldout, force=force, on_conflict=on_conflict)
+    card = build_data(docs, faq, style, out, seed=seed, heldout_fraction=heldout, force=force, on_conflict=on_conflict,
+                      unanswered_file=unanswered)
     typer.echo(json.dumps({"out": str(out), **card}, indent=2))
 
 
@@ -375,6 +379,9 @@ def pipeline(
     out: Annotated[Path, typer.Option("--out", help="Folder for the data, artifacts, report and pipeline.json.")],
     docs: Annotated[Path | None, typer.Option("--docs", help="The help center: a folder of Markdown/HTML/PDF/text.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the held-out split.")] = 0,
+    unanswered: Annotated[Path | None, typer.Option("--unanswered", help="Questions the documents do not answer "
+                                                    "(.txt, one per line, or .jsonl): refusal chats and unanswerable "
+                                                    "held-out questions.")] = None,
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Cap embedder/generator/verifier steps.")] = None,
     eval_limit: Annotated[int, typer.Option("--eval-limit", help="Evaluate the first N held-out questions (0: all).")] = 100,
     budget_minutes: Annotated[float, typer.Option("--budget-minutes", help="Fit the generator's and verifier's "
@@ -394,7 +401,7 @@ def pipeline(
         if eval_limit < 0 or budget_minutes < 0:
             raise TuneragError("--eval-limit and --budget-minutes must be >= 0 (0: no limit)")
         spec = PipelineInputs(docs, faq, style, seed=seed, max_steps=max_steps, eval_limit=eval_limit or None,
-                              on_conflict=on_conflict, budget_minutes=budget_minutes or None)
+                              on_conflict=on_conflict, budget_minutes=budget_minutes or None, unanswered=unanswered)
         state = run_pipeline(spec, out,
                              overrides={"models": models}, restart=restart, say=lambda m: typer.echo(m, err=True))
     typer.echo(json.dumps(state, indent=2, default=str))

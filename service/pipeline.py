@@ -55,10 +55,11 @@ class PipelineInputs:
     eval_limit: int | None = 100  # the first N held-out questions (None: all)
     on_conflict: str = "error"
     budget_minutes: float | None = 30.0  # wall time the training stages are fitted into (None: the recipes decide)
+    unanswered: Path | None = None  # questions the documents do not answer (refusal chats, unanswerable eval)
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
-        for path in (self.faq, self.style):
+        for path in (self.faq, self.style, *([self.unanswered] if self.unanswered else [])):
             digest.update(path.read_bytes())
         if self.docs:
             for file in sorted(p for p in self.docs.rglob("*") if p.is_file()):
@@ -125,7 +126,7 @@ def _stages(inputs: PipelineInputs, out: Path, overrides: dict[str, Any], spent:
         from onboarding.build import build_data
 
         return build_data(inputs.docs, inputs.faq, inputs.style, out / "data", seed=inputs.seed, force=True,
-                          on_conflict=inputs.on_conflict)["counts"]
+                          on_conflict=inputs.on_conflict, unanswered_file=inputs.unanswered)["counts"]
 
     def index(with_tuned: bool) -> Callable[[], dict[str, Any]]:
         def run() -> dict[str, Any]:

@@ -124,3 +124,51 @@ def test_size_limit_style_errors_and_an_existing_folder(inputs, tmp_path: Path) 
     before = json.loads((out / "card.json").read_text())
     assert build_data(docs, faq, style, out, force=True) == before  # deterministic for one seed
 
+
+
+def test_the_sample_domain_builds_from_its_articles_faq_style_and_unanswered_questions(tmp_path: Path) -> None:
+    """The demo's path: the sample's help center, FAQ export, style file and escalated questions, no facts table.
+    Every training answer passes the evaluation's own style check, every gold id is an article, no phrasing
+    of a held-out answer is trained, and refusals are both trained and held out."""
+    from eval.style import StyleRules, check_style, is_refusal
+
+    given = SAMPLE_DIR / "onboarding"
+    out = tmp_path / "sample"
+    result = run_cli("data", "build", "--docs", str(SAMPLE_DIR / "kb"), "--faq", str(given / "faq.jsonl"),
+                     "--style", str(given / "style.yaml"), "--unanswered", str(given / "unanswered.txt"),
+                     "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    c = json.loads((out / "card.json").read_text())["counts"]
+    assert c["team_documents"] == 46 and c["faq_documents"] == 0  # every FAQ answer names its article
+    assert c["train_refusals"] >= 20 and c["heldout_unanswerable"] >= 10 and c["heldout_answerable"] >= 50
+    settings = load_settings(out / "tunerag.yaml")
+    rules = StyleRules.from_settings(settings.eval)
+    chats = [row for _, row in read_jsonl(out / "chat_train.jsonl")]
+    heldout = [row for _, row in read_jsonl(out / "eval.jsonl")]
+    articles = {p.stem for p in (SAMPLE_DIR / "kb").iterdir()}
+    assert {d for h in heldout for d in h["gold_doc_ids"]} | {d for ch in chats for d in ch["doc_ids"]} <= articles
+    for chat in chats:
+        answer = chat["messages"][-1]["content"]
+        assert check_style(answer, rules)["adheres"], answer
+        assert is_refusal(answer, rules) == (not chat["doc_ids"])
+    trained = {chat["messages"][-1]["content"] for chat in chats}
+    assert not [h for h in heldout if h["answerable"] and h["reference_answer"] in trained]
+    assert sum(not h["answerable"] for h in heldout) == c["heldout_unanswerable"]
+    asked = {chat["messages"][1]["content"].lower() for chat in chats}
+    assert not [h for h in heldout if h["question"].lower() in asked]
+
+
+def test_an_unanswered_question_the_faq_answers_is_refused_with_its_line(inputs, tmp_path: Path) -> None:
+    docs, faq, style = inputs
+    unanswered = tmp_path / "unanswered.txt"
+    unanswered.write_text("# escalated\nCan I pay in bitcoin?\n\ndo you ship ABROAD?\n")
+    out = tmp_path / "out"
+    result = run_cli("data", "build", "--docs", str(docs), "--faq", str(faq), "--style", str(style),
+                     "--unanswered", str(unanswered), "--out", str(out))
+    assert result.returncode == 1 and "unanswered.txt:4: the FAQ answers this question (FAQ line 7)" in result.stderr
+    assert "Traceback" not in result.stderr and not out.exists()
+    unanswered.write_text("Can I pay in bitcoin?\nCan I pay in bitcoin?\nDo you rent bikes?\nIs there parking?\n")
+    card = build_data(docs, faq, style, out, unanswered_file=unanswered)
+    assert card["counts"]["train_refusals"] + card["counts"]["heldout_unanswerable"] >= 3  # the repeat counts once
+    refusals = [row for _, row in read_jsonl(out / "chat_train.jsonl") if not row["doc_ids"]]
+    assert refusals and all(r["messages"][-1]["content"].splitlines()[2].startswith("I could not find") for r in refusals)
