@@ -312,6 +312,34 @@ def test_the_time_budget_stretches_the_lr_schedule_to_end_at_the_fitted_step(mon
     assert rates[2] == pytest.approx(9 / 12) and rates[-1] == pytest.approx(0.0), rates
 
 
+def test_the_fit_is_redone_after_a_slow_warm_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three warm-up steps of 3 s, then 1 s a step, a 15 s budget: calibration fits 5 steps, the pace after it
+    fits 9 (the time left, 6 s, at 1 s a step), training stops at 9 and the schedule still ends at zero there."""
+    import torch
+    from transformers import TrainerControl, TrainerState, get_scheduler
+
+    import training.budget as budget_module
+    from training.budget import TimeBudget
+
+    clock = iter([0.0, 3.0, 6.0, 9.0, *[float(t) for t in range(10, 40)]])
+    monkeypatch.setattr(budget_module.time, "perf_counter", lambda: next(clock))
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=0, num_training_steps=20)
+    state, control, callback = TrainerState(max_steps=20), TrainerControl(), TimeBudget(15.0)
+    callback.on_train_begin(None, state, control)
+    rates = []
+    while not control.should_training_stop:
+        optimizer.step()
+        scheduler.step()
+        state.global_step += 1
+        rates.append(scheduler.get_last_lr()[0])
+        control = callback.on_step_end(None, state, control, lr_scheduler=scheduler)
+    report = callback.report
+    assert report["seconds_per_step"] == 3.0 and report["seconds_per_step_after_warmup"] == 1.0
+    assert state.global_step == 9 and report["fitted_steps"] == 9 and report["steps"] == 9 and report["refits"] >= 1
+    assert rates[-1] == pytest.approx(0.0) and all(a >= b for a, b in zip(rates[3:-1], rates[4:], strict=True)), rates
+
+
 def test_interrupted_run_resumes_from_its_checkpoint(settings: Settings, small_chat_file: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from transformers import Trainer
