@@ -286,14 +286,18 @@ def test_a_time_budget_stops_the_run_where_it_fits_and_the_manifest_says_so(sett
     assert budget["stopped_early"] is True and budget["seconds_per_step"] > 0
 
 
-def _run_budgeted_loop(planned_steps: int, budget_s: float):
-    """A training loop without a model: SGD on one parameter, a linear schedule, TimeBudget stopping it
-    (the clock is whatever the test patched); returns the state, the callback and the rate after each step."""
+def _run_budgeted_loop(monkeypatch: pytest.MonkeyPatch, clock: list[float], planned_steps: int, budget_s: float):
+    """A training loop without a model on a fake clock (``perf_counter`` returns ``clock``'s readings in turn):
+    SGD on one parameter, a linear schedule, TimeBudget stopping it; returns the state, the callback and the
+    rate after each step."""
     import torch
     from transformers import TrainerControl, TrainerState, get_scheduler
 
+    import training.budget as budget_module
     from training.budget import TimeBudget
 
+    readings = iter(clock)
+    monkeypatch.setattr(budget_module.time, "perf_counter", lambda: next(readings))
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     scheduler = get_scheduler("linear", optimizer, num_warmup_steps=0, num_training_steps=planned_steps)
     state, control, callback = TrainerState(max_steps=planned_steps), TrainerControl(), TimeBudget(budget_s)
@@ -311,12 +315,7 @@ def _run_budgeted_loop(planned_steps: int, budget_s: float):
 def test_the_time_budget_stretches_the_lr_schedule_to_end_at_the_fitted_step(monkeypatch: pytest.MonkeyPatch) -> None:
     """On a clock of 1 s a step and a 6 s budget, 6 of 12 planned steps fit: training stops at 6, and the linear
     schedule (a real transformers LambdaLR) reaches zero there instead of being cut at half the peak rate."""
-
-    import training.budget as budget_module
-
-    clock = iter(range(100))
-    monkeypatch.setattr(budget_module.time, "perf_counter", lambda: float(next(clock)))
-    state, callback, rates = _run_budgeted_loop(12, 6.0)
+    state, callback, rates = _run_budgeted_loop(monkeypatch, [float(t) for t in range(100)], 12, 6.0)
     assert state.global_step == 6 and callback.report["fitted_steps"] == 6 and callback.report["lr_schedule_rescaled"]
     assert rates[2] == pytest.approx(9 / 12) and rates[-1] == pytest.approx(0.0), rates
 
@@ -324,12 +323,7 @@ def test_the_time_budget_stretches_the_lr_schedule_to_end_at_the_fitted_step(mon
 def test_the_fit_is_redone_after_a_slow_warm_up(monkeypatch: pytest.MonkeyPatch) -> None:
     """Three warm-up steps of 3 s, then 1 s a step, a 15 s budget: calibration fits 5 steps, the pace after it
     fits 9 (the time left, 6 s, at 1 s a step), training stops at 9 and the schedule still ends at zero there."""
-
-    import training.budget as budget_module
-
-    clock = iter([0.0, 3.0, 6.0, 9.0, *[float(t) for t in range(10, 40)]])
-    monkeypatch.setattr(budget_module.time, "perf_counter", lambda: next(clock))
-    state, callback, rates = _run_budgeted_loop(20, 15.0)
+    state, callback, rates = _run_budgeted_loop(monkeypatch, [0.0, 3.0, 6.0, 9.0, *[float(t) for t in range(10, 40)]], 20, 15.0)
     report = callback.report
     assert report["seconds_per_step"] == 3.0 and report["seconds_per_step_after_warmup"] == 1.0
     assert state.global_step == 9 and report["fitted_steps"] == 9 and report["steps"] == 9 and report["refits"] >= 1
